@@ -1,0 +1,226 @@
+"""The ``trr-assets`` command line.
+
+Exit codes (SPEC.md), decided here and nowhere else:
+0 success; 1 failure at run time; 2 bad usage, argument or configuration;
+3 ``reconcile --exit-code`` found drift; 4 ``reconcile --repair`` refused by
+a safety limit. Errors are one line on stderr (a traceback only with
+``--debug``); logs go to stderr, results to stdout.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import structlog
+
+from trr_assets import __version__, logs
+from trr_assets.config import Settings, load_settings
+from trr_assets.errors import ConfigError, TrrAssetsError
+
+log = structlog.get_logger()
+
+Handler = Callable[[argparse.Namespace, Settings], int]
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse that reports bad usage in one line, exit 2."""
+
+    def error(self, message: str) -> Any:  # type: ignore[override]
+        sys.stderr.write(f"{self.prog}: error: {message} (see --help)\n")
+        raise SystemExit(2)
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"expected a number >= 0, got {text!r}")
+    return value
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog="trr-assets", description="Keep core.show_assets true to what is in S3.")
+    parser.add_argument("--config", metavar="PATH", help="TOML config file (default: $TRR_ASSETS_CONFIG, ./config.toml)")
+    parser.add_argument("--debug", action="store_true", help="show tracebacks and debug logs")
+    parser.add_argument("--version", action="version", version=f"trr-assets {__version__}")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND", parser_class=_Parser)
+
+    p = commands.add_parser("migrate", help="apply pending migrations")
+    p.add_argument("--enable", action="append", default=[], metavar="NAME",
+                   help="also apply an optional migration (org-read)")
+    p.set_defaults(handler=_cmd_migrate)
+
+    p = commands.add_parser("sync", help="one sync pass: S3 listing into core.show_assets")
+    p.add_argument("--bucket", action="append", default=[], metavar="B", help="bucket (repeatable; default: s3.buckets)")
+    p.add_argument("--prefix", metavar="P", help="key prefix (default: s3.prefix)")
+    p.set_defaults(handler=_cmd_sync)
+
+    p = commands.add_parser("reconcile", help="report (or repair) drift between S3 and the rows")
+    mode = p.add_mutually_exclusive_group()
+    mode.add_argument("--dry-run", action="store_true", help="report only (the default)")
+    mode.add_argument("--repair", action="store_true", help="apply the configured repair policies")
+    p.add_argument("--bucket", action="append", default=[], metavar="B")
+    p.add_argument("--prefix", metavar="P")
+    p.add_argument("--grace-seconds", type=_positive_int, metavar="N")
+    p.add_argument("--format", choices=("text", "jsonl"), default="text")
+    p.add_argument("--output", metavar="FILE", help="write the report here instead of stdout")
+    p.add_argument("--exit-code", action="store_true", help="exit 3 when drift is found")
+    p.add_argument("--force", action="store_true", help="override max_deletes and max_delete_fraction")
+    p.add_argument("--inventory", metavar="s3://BUCKET/PATH/manifest.json",
+                   help="read an S3 Inventory report instead of listing")
+    p.add_argument("--history", action="store_true", help="print the recorded past runs")
+    p.set_defaults(handler=_cmd_reconcile)
+
+    p = commands.add_parser("presign", help="print a presigned URL")
+    p.add_argument("target", metavar="ASSET_ID|s3://BUCKET/KEY")
+    p.add_argument("--method", choices=("get", "put"), default="get")
+    p.add_argument("--expires", type=_positive_int, metavar="N", help="seconds (default: presign.expires_seconds)")
+    p.set_defaults(handler=_cmd_presign)
+
+    p = commands.add_parser("delete", help="delete asset rows and their objects")
+    p.add_argument("asset_ids", nargs="+", metavar="ASSET_ID")
+    p.set_defaults(handler=_cmd_delete)
+
+    p = commands.add_parser("process-deletes", help="run the queued S3 deletions once")
+    p.set_defaults(handler=_cmd_process_deletes)
+
+    p = commands.add_parser("worker", help="the daemon: sync, deletes, reconcile on their schedules")
+    p.add_argument("--once", action="store_true", help="run each job once and exit")
+    p.set_defaults(handler=_cmd_worker)
+
+    p = commands.add_parser("demo", help="run everything on a throwaway PostgreSQL and local S3")
+    p.add_argument("--keep", action="store_true", help="leave the servers running afterwards")
+    p.set_defaults(handler=_cmd_demo, needs_settings=False)
+    return parser
+
+
+def print_json(data: Any) -> None:
+    sys.stdout.write(json.dumps(data, default=str) + "\n")
+    sys.stdout.flush()
+
+
+# --- commands ------------------------------------------------------------------
+
+
+def _cmd_migrate(args: argparse.Namespace, settings: Settings) -> int:
+    from trr_assets import db
+
+    applied = db.migrate(settings.database, enable=args.enable)
+    for name in applied:
+        print(f"applied {name}")
+    if not applied:
+        print("nothing to apply: the database is up to date")
+    return 0
+
+
+def _cmd_sync(args: argparse.Namespace, settings: Settings) -> int:
+    from trr_assets import sync
+
+    report = sync.run(settings, buckets=args.bucket or None, prefix=args.prefix)
+    print_json(report.as_dict())
+    return 1 if report.failed else 0
+
+
+def _cmd_reconcile(args: argparse.Namespace, settings: Settings) -> int:
+    from trr_assets import reconcile
+
+    return reconcile.run_cli(args, settings)
+
+
+def _cmd_presign(args: argparse.Namespace, settings: Settings) -> int:
+    from trr_assets import presign
+
+    print(presign.cli_url(settings, args.target, method=args.method, expires=args.expires))
+    return 0
+
+
+def _cmd_delete(args: argparse.Namespace, settings: Settings) -> int:
+    from trr_assets import deletes
+
+    report = deletes.delete_assets(settings, args.asset_ids)
+    print_json(report.as_dict())
+    return 0
+
+
+def _cmd_process_deletes(args: argparse.Namespace, settings: Settings) -> int:
+    from trr_assets import deletes
+
+    report = deletes.drain(settings)
+    print_json(report.as_dict())
+    return 0
+
+
+def _cmd_worker(args: argparse.Namespace, settings: Settings) -> int:
+    from trr_assets import worker
+
+    return worker.run(settings, once=args.once)
+
+
+def _cmd_demo(args: argparse.Namespace, settings: Settings | None) -> int:
+    from trr_assets import demo
+
+    return demo.run(keep=args.keep, debug=args.debug)
+
+
+# --- the edge ------------------------------------------------------------------
+
+
+def _check_schedule(settings: Settings) -> None:
+    """The full cron check is APScheduler's; config only checks the shape."""
+    from apscheduler.triggers.cron import CronTrigger
+
+    try:
+        CronTrigger.from_crontab(settings.reconcile.schedule, timezone="UTC")
+    except ValueError as exc:
+        raise ConfigError(f"config: reconcile.schedule is not a valid cron expression ({exc})") from exc
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``trr-assets`` console script."""
+    try:
+        args = build_parser().parse_args(argv)
+    except SystemExit as exc:
+        return int(exc.code or 0)
+    debug = bool(args.debug)
+    logs.configure(format="auto", level="debug" if debug else "info")
+    try:
+        settings: Settings | None = None
+        if getattr(args, "needs_settings", True):
+            settings = load_settings(args.config)
+            _check_schedule(settings)
+            logs.configure(
+                format=settings.logging.format, level="debug" if debug else settings.logging.level
+            )
+        return int(args.handler(args, settings))
+    except TrrAssetsError as exc:
+        return _fail(exc, exc.exit_code, debug)
+    except KeyboardInterrupt:
+        sys.stderr.write("trr-assets: interrupted\n")
+        return 130
+    except BrokenPipeError:
+        # `trr-assets reconcile | head`: the reader left; that is not an error.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
+    except Exception as exc:  # a bug: still one line unless --debug
+        return _fail(exc, 1, debug, prefix=f"internal error: {type(exc).__name__}: ")
+
+
+def _fail(exc: BaseException, code: int, debug: bool, prefix: str = "") -> int:
+    if debug:
+        import traceback
+
+        traceback.print_exception(exc, file=sys.stderr)
+    message = logs.scrub(f"{prefix}{exc}".splitlines()[0] if str(exc) else prefix + type(exc).__name__)
+    hint = "" if debug or code != 1 or not prefix else " (run with --debug for the traceback)"
+    sys.stderr.write(f"trr-assets: error: {message}{hint}\n")
+    return code
+
+
+

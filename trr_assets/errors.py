@@ -1,0 +1,61 @@
+"""One root exception and its family.
+
+Driver and boto errors are wrapped where they happen (``db`` and ``storage``)
+with ``raise ... from exc``; the CLI maps each class to one exit code, and
+nothing else decides exit codes.
+"""
+
+from __future__ import annotations
+
+
+class TrrAssetsError(Exception):
+    """Root of every error trr-assets raises on purpose.
+
+    Messages are one line, name the problem, and never carry a secret.
+    """
+
+    exit_code = 1
+
+
+class ConfigError(TrrAssetsError):
+    """A configuration value is missing, malformed or unknown (exit 2)."""
+
+    exit_code = 2
+
+
+class UsageError(TrrAssetsError):
+    """A command-line argument is malformed (exit 2)."""
+
+    exit_code = 2
+
+
+class DatabaseError(TrrAssetsError):
+    """PostgreSQL refused or could not be reached (exit 1)."""
+
+
+class StorageError(TrrAssetsError):
+    """S3 refused or could not be reached (exit 1)."""
+
+
+class BucketNotFound(StorageError):
+    """The bucket does not exist or is not visible with these credentials."""
+
+
+class MigrationError(DatabaseError):
+    """A migration file failed to apply; nothing of it was recorded."""
+
+
+class AssetNotFound(TrrAssetsError, LookupError):
+    """No row the caller may see has this id."""
+
+
+class DriftFound(TrrAssetsError):
+    """``reconcile --exit-code`` found drift (exit 3)."""
+
+    exit_code = 3
+
+
+class RepairRefused(TrrAssetsError):
+    """``reconcile --repair`` refused by a safety limit; nothing deleted (exit 4)."""
+
+    exit_code = 4

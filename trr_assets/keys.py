@@ -1,0 +1,76 @@
+"""Object keys: which show a key names, and how a prefix splits into shards.
+
+Pure functions, no I/O. Keys are compared as Python strings, whose order
+(code points) is the byte order of their UTF-8 encoding: S3's listing order
+and PostgreSQL's ``collate "C"`` order.
+"""
+
+from __future__ import annotations
+
+import re
+import uuid
+from dataclasses import dataclass
+from enum import Enum
+
+
+class SkipReason(str, Enum):
+    """Why a listed key gets no row."""
+
+    NO_MATCH = "no_match"  # the key does not match s3.key_pattern
+    MALFORMED_SHOW_ID = "malformed_show_id"  # matched, but the show id is not a UUID
+    UNKNOWN_SHOW = "unknown_show"  # a UUID, but no core.shows row has it
+    INVALID_KEY = "invalid_key"  # PostgreSQL text cannot hold it (a NUL character)
+
+
+@dataclass(frozen=True, slots=True)
+class KeyRange:
+    """Keys ``k`` with ``start_at <= k < stop_before`` (None: unbounded)."""
+
+    start_at: str
+    stop_before: str | None
+
+    def __contains__(self, key: object) -> bool:
+        return isinstance(key, str) and key >= self.start_at and (
+            self.stop_before is None or key < self.stop_before
+        )
+
+
+def parse_show_id(key: str, pattern: re.Pattern[str]) -> uuid.UUID | SkipReason:
+    """The show a key belongs to, or why it belongs to none.
+
+    Upper- and lower-case spellings of a show id name the same show.
+    """
+    if "\x00" in key:
+        return SkipReason.INVALID_KEY
+    match = pattern.search(key)
+    if match is None or match.group("show_id") is None:
+        return SkipReason.NO_MATCH
+    try:
+        return uuid.UUID(match.group("show_id"))
+    except ValueError:
+        return SkipReason.MALFORMED_SHOW_ID
+
+
+def prefix_end(prefix: str) -> str | None:
+    """The smallest string above every key that starts with ``prefix``."""
+    while prefix:
+        last = ord(prefix[-1])
+        if last < 0x10FFFF:
+            return prefix[:-1] + chr(last + 1)
+        prefix = prefix[:-1]
+    return None
+
+
+def shard_ranges(prefix: str, shards: int) -> list[KeyRange]:
+    """Split the keys under ``prefix`` into ``shards`` contiguous ranges.
+
+    Boundaries are ``prefix`` plus two hex digits, spread evenly, since keys
+    under ``shows/`` start with a show's UUID. Other keys still land in exactly
+    one range: the ranges cover the whole prefix with no gap or overlap.
+    """
+    if not 1 <= shards <= 256:
+        raise ValueError("shards must be between 1 and 256")
+    bounds = [prefix + format(i * 256 // shards, "02x") for i in range(1, shards)]
+    starts = [prefix, *bounds]
+    stops: list[str | None] = [*bounds, prefix_end(prefix)]
+    return [KeyRange(start, stop) for start, stop in zip(starts, stops, strict=True)]

@@ -1,0 +1,133 @@
+"""S3: the one client factory, listings, and error wrapping.
+
+Every boto3 client trr-assets uses is made by ``make_client``, so endpoint,
+region, addressing style, retries, timeouts and signature version are decided
+in one place. Credentials come the standard boto3 way (environment, profile,
+instance role) and are never logged. Every botocore error that leaves this
+package is wrapped by ``wrap_errors`` as ``StorageError`` (or
+``BucketNotFound``) with a one-line message.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+import boto3
+import botocore.config
+import botocore.exceptions
+import structlog
+
+from trr_assets.config import S3Settings
+from trr_assets.errors import BucketNotFound, StorageError
+
+log = structlog.get_logger()
+
+_session_lock = threading.Lock()
+
+
+@dataclass(frozen=True, slots=True)
+class ObjectInfo:
+    """One listed object. ``etag`` is the ETag without its quotes."""
+
+    key: str
+    size: int
+    etag: str
+    last_modified: datetime
+
+
+def make_client(settings: S3Settings, *, max_pool_connections: int = 32) -> Any:
+    """A botocore S3 client configured from ``settings`` (SigV4, always).
+
+    Thread-safe to use; creating one is not (boto3's default session is not),
+    hence the lock.
+    """
+    config = botocore.config.Config(
+        signature_version="s3v4",
+        region_name=settings.region,
+        retries={"mode": settings.retry_mode, "max_attempts": settings.max_attempts},
+        s3={"addressing_style": settings.addressing_style},
+        connect_timeout=settings.connect_timeout_seconds,
+        read_timeout=settings.read_timeout_seconds,
+        max_pool_connections=max_pool_connections,
+    )
+    with _session_lock:
+        session = boto3.session.Session(region_name=settings.region)
+        return session.client("s3", endpoint_url=settings.endpoint_url or None, config=config)
+
+
+def strip_etag(etag: str | None) -> str:
+    return (etag or "").strip('"')
+
+
+_MISSING_BUCKET_CODES = {"NoSuchBucket", "404", "NotFound"}
+
+
+def error_code(exc: BaseException) -> str:
+    if isinstance(exc, botocore.exceptions.ClientError):
+        return str(exc.response.get("Error", {}).get("Code", ""))
+    return ""
+
+
+@contextmanager
+def wrap_errors(action: str, bucket: str | None = None) -> Iterator[None]:
+    """Turn botocore errors into one-line ``StorageError`` / ``BucketNotFound``."""
+    where = f" (bucket {bucket})" if bucket else ""
+    try:
+        yield
+    except botocore.exceptions.ClientError as exc:
+        code = error_code(exc)
+        message = exc.response.get("Error", {}).get("Message") or code
+        if code in _MISSING_BUCKET_CODES and bucket and action.startswith(("list", "check bucket")):
+            raise BucketNotFound(f"s3: bucket {bucket} does not exist or is not visible") from exc
+        raise StorageError(f"s3: {action}{where}: {code}: {message}") from exc
+    except botocore.exceptions.NoCredentialsError as exc:
+        raise StorageError(f"s3: {action}{where}: no AWS credentials found") from exc
+    except botocore.exceptions.BotoCoreError as exc:
+        raise StorageError(f"s3: {action}{where}: {str(exc).splitlines()[0]}") from exc
+
+
+def list_objects(
+    client: Any,
+    bucket: str,
+    *,
+    prefix: str = "",
+    start_at: str | None = None,
+    stop_before: str | None = None,
+    page_size: int = 1000,
+) -> Iterator[ObjectInfo]:
+    """The objects of ``bucket`` under ``prefix`` with ``start_at <= key < stop_before``.
+
+    In S3's order (byte order of the UTF-8 key, which is code-point order of
+    the Python string). A failed page raises ``StorageError``: a listing is
+    never silently cut short.
+    """
+    params: dict[str, Any] = {"Bucket": bucket, "Prefix": prefix, "MaxKeys": page_size}
+    if start_at is not None and start_at > prefix:
+        # StartAfter is exclusive: start just below start_at and drop the few
+        # keys between it and start_at below.
+        params["StartAfter"] = start_at[:-1] + chr(ord(start_at[-1]) - 1)
+    while True:
+        with wrap_errors("list objects", bucket):
+            page = client.list_objects_v2(**params)
+        for item in page.get("Contents", ()):
+            key = item["Key"]
+            if start_at is not None and key < start_at:
+                continue
+            if stop_before is not None and key >= stop_before:
+                return
+            yield ObjectInfo(key, int(item["Size"]), strip_etag(item.get("ETag")), item["LastModified"])
+        if not page.get("IsTruncated"):
+            return
+        params["ContinuationToken"] = page["NextContinuationToken"]
+        params.pop("StartAfter", None)
+
+
+def check_bucket(client: Any, bucket: str) -> None:
+    """Raise ``BucketNotFound`` unless ``bucket`` exists and is reachable."""
+    with wrap_errors("check bucket", bucket):
+        client.head_bucket(Bucket=bucket)
