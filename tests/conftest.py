@@ -19,6 +19,7 @@ from typing import Any
 import boto3
 import psycopg
 import pytest
+import structlog
 from psycopg import sql
 from psycopg.conninfo import make_conninfo
 
@@ -26,6 +27,13 @@ from trr_assets import db
 from trr_assets.config import DatabaseSettings, Settings, settings_from_mapping
 
 TEST_BUCKET = "trr-test-assets"
+
+
+@pytest.fixture(autouse=True)
+def _reset_logging() -> Iterator[None]:
+    """Each test starts with structlog's defaults (cli.main configures it)."""
+    yield
+    structlog.reset_defaults()
 
 
 @pytest.fixture(scope="session")

@@ -61,8 +61,20 @@ class Redactor:
         return {key: self._clean(value) for key, value in event.items()}
 
 
+class _StderrLogger:
+    """Writes each rendered line to whatever ``sys.stderr`` is at that moment."""
+
+    def msg(self, message: str) -> None:
+        stream = sys.stderr
+        stream.write(message + "\n")
+        stream.flush()
+
+    debug = info = warning = warn = error = critical = exception = fatal = log = msg
+
+
 def configure(*, format: str = "auto", level: str = "info", stream: TextIO | None = None) -> None:
-    """Set up structlog for the process (once, from ``main``)."""
+    """Set up structlog for the process (once, from ``main``); logs go to stderr."""
+    factory: Any = (lambda *args: _StderrLogger()) if stream is None else structlog.PrintLoggerFactory(file=stream)
     stream = stream or sys.stderr
     use_console = format == "console" or (format == "auto" and stream.isatty())
     renderer: Any = (
@@ -80,6 +92,6 @@ def configure(*, format: str = "auto", level: str = "info", stream: TextIO | Non
             renderer,
         ],
         wrapper_class=structlog.make_filtering_bound_logger(getattr(logging, level.upper())),
-        logger_factory=structlog.PrintLoggerFactory(file=stream),
+        logger_factory=factory,
         cache_logger_on_first_use=False,
     )
