@@ -393,10 +393,15 @@ def test_delete_assets_drains_only_its_own_entries(conn, settings, s3):
 
 @pytest.fixture
 def cli_env(monkeypatch, tmp_path, db_url, aws_env):
+    """Environment for cli.main; structlog's setup is put back afterwards
+    (main binds it to the sys.stderr of the moment, which pytest closes)."""
     monkeypatch.chdir(tmp_path)
     monkeypatch.setenv("DATABASE_URL", db_url)
     monkeypatch.setenv("TRR_ASSETS_S3_BUCKETS", TEST_BUCKET)
     monkeypatch.setenv("TRR_ASSETS_LOGGING_FORMAT", "json")
+    saved = structlog.get_config()
+    yield
+    structlog.configure(**saved)
 
 
 def test_delete_cli_prints_spec_json_and_reports_unknown_ids(conn, s3, cli_env, capsys):
