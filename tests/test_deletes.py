@@ -373,6 +373,19 @@ def test_versioned_bucket_all_versions_removes_every_version_and_marker(conn, db
     assert queue(conn) == []
 
 
+def test_all_versions_on_an_unversioned_bucket_deletes_the_object(conn, db_url, aws_env, s3):
+    """deletes.all_versions = true also works on a bucket without versioning (its one version is "null")."""
+    settings = make_settings(db_url, deletes={"all_versions": True})
+    show = make_show(conn)
+    asset, key = add_asset(conn, s3, show, "a.jpg")
+    conn.execute("delete from core.show_assets where id = %s", (asset,))
+
+    report = deletes.drain(settings)
+
+    assert (report.deleted, report.errors) == (1, 0)
+    assert not object_exists(s3, key)
+
+
 # --- delete_assets and the CLI -------------------------------------------------------
 
 
@@ -481,3 +494,39 @@ def test_database_errors_are_wrapped(settings, s3):
         deletes.drain(broken)
     assert not isinstance(caught.value, psycopg.Error)
     assert "\n" not in str(caught.value)
+
+
+def test_process_deletes_cli_exits_1_when_s3_refuses_and_keeps_the_entry(conn, s3, cli_env, capsys):
+    """When S3 refuses deletions in a run, process-deletes still prints its JSON, exits 1, and the entry stays queued."""
+    show = make_show(conn)
+    conn.execute(
+        "insert into core.show_assets (show_id, bucket, object_key) values (%s, 'trr-no-such-bucket', 'shows/x/1')",
+        (show,),
+    )
+    conn.execute("delete from core.show_assets")
+
+    code = cli.main(["process-deletes"])
+
+    captured = capsys.readouterr()
+    out = json.loads(captured.out)
+    assert code == 1
+    assert (out["deleted"], out["retried"], out["pending"]) == (0, 1, 1)
+    assert "refused 1 deletion" in captured.err
+    assert len(queue(conn)) == 1
+
+
+def test_should_stop_ends_the_drain_between_batches(conn, db_url, aws_env, s3):
+    """The worker's stop flag is asked between batches: a batch once taken is finished, the next is not taken."""
+    settings = make_settings(db_url, deletes={"batch_size": 2})
+    show = make_show(conn)
+    add_rows(conn, show, 5)
+    conn.execute("delete from core.show_assets")
+    asked: list[int] = []
+
+    def stop_after_first_batch() -> bool:
+        asked.append(1)
+        return len(asked) > 1
+
+    report = deletes.drain(settings, should_stop=stop_after_first_batch)
+
+    assert (report.deleted, report.pending, report.requests) == (2, 3, 1)

@@ -59,7 +59,8 @@ def test_drain_interrupted_between_s3_and_commit_completes_on_next_run(conn, set
 
 
 def test_reupload_during_drain_waits_for_the_drain_and_the_new_object_survives(conn, db_url, settings, s3):
-    """With the drain inside its S3 call, an insert of the same key blocks on the queue entry until the drain commits; then the new row stands, no entry remains, and a later PUT survives."""
+    """An insert of a key the drain is deleting waits until the drain commits; then the row stands, no entry remains,
+    and the PUT that follows survives."""
     show = make_show(conn)
     asset, key = add_asset(conn, s3, show, "a.jpg")
     conn.execute("delete from core.show_assets where id = %s", (asset,))

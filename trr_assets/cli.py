@@ -152,7 +152,9 @@ def _cmd_delete(args: argparse.Namespace, settings: Settings) -> int:
     print_json(report.as_dict())
     if report.pending or report.failed:
         left = report.pending + report.failed
-        sys.stderr.write(f"trr-assets: error: {left} object deletion(s) not done yet; they stay queued for the worker\n")
+        sys.stderr.write(
+            f"trr-assets: error: {left} object deletion(s) not done yet; they stay queued for the worker\n"
+        )
         return 1
     return 0
 

@@ -184,12 +184,14 @@ def drain(
         return DrainReport()
     if client is None:
         client = storage.make_client(settings.s3)
-    seen: list[int] = []
+    seen: list[int] = []  # ids refused in this run
     with db.connect(settings.database, autocommit=True, application_name=DRAIN_APPLICATION_NAME) as conn:
         while limit is None or tally.taken < limit:
             if should_stop is not None and should_stop():
                 break
-            room = settings.deletes.batch_size if limit is None else min(settings.deletes.batch_size, limit - tally.taken)
+            room = settings.deletes.batch_size
+            if limit is not None:
+                room = min(room, limit - tally.taken)
             taken, call_failed = _drain_batch(conn, client, settings.deletes, scope, seen, room, tally)
             if not taken or call_failed:
                 break
@@ -249,7 +251,10 @@ def requeue_failed(settings: Settings, *, bucket: str | None = None) -> int:
     The operator's way back after fixing what made S3 refuse (a policy, a
     missing bucket). Returns how many entries were requeued.
     """
-    with db.connect(settings.database, autocommit=True) as conn, db.wrap_errors("deletes: cannot requeue failed entries"):
+    with (
+        db.connect(settings.database, autocommit=True) as conn,
+        db.wrap_errors("deletes: cannot requeue failed entries"),
+    ):
         count = conn.execute(db.query("requeue_failed_deletes"), {"bucket": bucket}).rowcount
     log.info("deletes_requeued", count=count, bucket=bucket)
     return max(count, 0)
@@ -281,7 +286,6 @@ def _drain_batch(
         if not entries:
             return 0, False
         ids = [entry.id for entry in entries]
-        seen.extend(ids)
         live = {row[0] for row in conn.execute(db.query("live_rows_of_entries"), {"ids": ids})}
         for entry in entries:
             if entry.id in live:
@@ -306,6 +310,9 @@ def _drain_batch(
             ).fetchall()
         else:
             rescheduled = []
+    # Rescheduled entries may be due again at once (no backoff configured):
+    # they wait for the next run. Completed ones are gone from the table.
+    seen.extend(outcome.refused)
     tally.taken += len(entries)
     tally.deleted += len(outcome.confirmed)
     tally.skipped += len(live)

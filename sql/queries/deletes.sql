@@ -5,7 +5,7 @@
 -- sets, and an entry held by one is never deleted twice. The locks are held
 -- until the drain commits, across the S3 call: that is what makes a
 -- re-upload's cancel trigger (sql/0005_delete_queue.sql) wait for the drain.
--- Entries this drain already tried (%(seen)s) are left for the next run.
+-- Entries S3 refused earlier in this drain (%(seen)s) wait for the next run.
 select id, bucket, object_key, attempts
 from trr_assets.delete_queue
 where state = 'pending'
