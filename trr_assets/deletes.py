@@ -127,13 +127,20 @@ class _Outcome:
 
     confirmed: set[int] = field(default_factory=set)
     refused: dict[int, str] = field(default_factory=dict)
-    call_failed: bool = False  # a whole request failed (network, 5xx, missing bucket)
+    in_failed_call: set[int] = field(default_factory=set)  # refused because a whole request failed
     requests: int = 0
 
-    def refuse(self, entries: Sequence[_Entry], error: str) -> None:
+    @property
+    def call_failed(self) -> bool:
+        """Whether a whole request failed (network, 5xx, missing bucket)."""
+        return bool(self.in_failed_call)
+
+    def refuse(self, entries: Sequence[_Entry], error: str, *, whole_call: bool = False) -> None:
         for entry in entries:
             self.confirmed.discard(entry.id)
             self.refused.setdefault(entry.id, error)
+            if whole_call:
+                self.in_failed_call.add(entry.id)
 
 
 @dataclass
@@ -276,17 +283,10 @@ def _drain_batch(
     in the same transaction. Returns (entries taken, whether a whole S3
     request failed)."""
     with db.wrap_errors("deletes: drain"), conn.transaction():
-        if scope is None:
-            params: dict[str, Any] = {"seen": seen, "limit": room}
-            rows = conn.execute(db.query("take_due_deletes"), params).fetchall()
-        else:
-            params = {"buckets": scope.buckets, "keys": scope.keys, "seen": seen, "limit": room}
-            rows = conn.execute(db.query("take_key_deletes"), params).fetchall()
-        entries = [_Entry(*row) for row in rows]
+        entries = _take(conn, scope, seen, room)
         if not entries:
             return 0, False
-        ids = [entry.id for entry in entries]
-        live = {row[0] for row in conn.execute(db.query("live_rows_of_entries"), {"ids": ids})}
+        live = {row[0] for row in conn.execute(db.query("live_rows_of_entries"), {"ids": [e.id for e in entries]})}
         for entry in entries:
             if entry.id in live:
                 log.warning("delete_skipped_live_row", bucket=entry.bucket, key=entry.key)
@@ -296,20 +296,7 @@ def _drain_batch(
         done = sorted(outcome.confirmed | live)
         if done:
             conn.execute(db.query("complete_deletes"), {"ids": done})
-        if outcome.refused:
-            refused = sorted(outcome.refused)
-            rescheduled = conn.execute(
-                db.query("reschedule_deletes"),
-                {
-                    "ids": refused,
-                    "errors": [outcome.refused[i] for i in refused],
-                    "max_attempts": config.max_attempts,
-                    "base": config.backoff_base_seconds,
-                    "max": config.backoff_max_seconds,
-                },
-            ).fetchall()
-        else:
-            rescheduled = []
+        rescheduled = _reschedule(conn, config, outcome.refused)
     # Rescheduled entries may be due again at once (no backoff configured):
     # they wait for the next run. Completed ones are gone from the table.
     seen.extend(outcome.refused)
@@ -317,17 +304,50 @@ def _drain_batch(
     tally.deleted += len(outcome.confirmed)
     tally.skipped += len(live)
     tally.requests += outcome.requests
-    for _id, bucket, key, attempts, state, next_attempt_at in rescheduled:
-        error = outcome.refused[_id]
+    _report_refused(rescheduled, outcome, tally)
+    return len(entries), outcome.call_failed
+
+
+def _take(conn: psycopg.Connection[Any], scope: _Scope | None, seen: list[int], room: int) -> list[_Entry]:
+    """Lock the next entries (due ones, or those of ``scope``)."""
+    if scope is None:
+        params: dict[str, Any] = {"seen": seen, "limit": room}
+        rows = conn.execute(db.query("take_due_deletes"), params).fetchall()
+    else:
+        params = {"buckets": scope.buckets, "keys": scope.keys, "seen": seen, "limit": room}
+        rows = conn.execute(db.query("take_key_deletes"), params).fetchall()
+    return [_Entry(*row) for row in rows]
+
+
+def _reschedule(
+    conn: psycopg.Connection[Any], config: DeletesSettings, refused: dict[int, str]
+) -> list[tuple[Any, ...]]:
+    """One more attempt for each refused entry: backoff, or 'failed'."""
+    if not refused:
+        return []
+    ids = sorted(refused)
+    params = {
+        "ids": ids,
+        "errors": [refused[i] for i in ids],
+        "max_attempts": config.max_attempts,
+        "base": config.backoff_base_seconds,
+        "max": config.backoff_max_seconds,
+    }
+    return conn.execute(db.query("reschedule_deletes"), params).fetchall()
+
+
+def _report_refused(rescheduled: Sequence[tuple[Any, ...]], outcome: _Outcome, tally: _Tally) -> None:
+    for entry_id, bucket, key, attempts, state, next_attempt_at in rescheduled:
+        error = outcome.refused[entry_id]
         if state == "failed":
             tally.gave_up += 1
             log.error("delete_gave_up", bucket=bucket, key=key, attempts=attempts, error=error)
         else:
             tally.retried += 1
-            emit = log.debug if outcome.call_failed else log.warning
+            # A failed request is logged once (delete_objects_failed), not per key.
+            emit = log.debug if entry_id in outcome.in_failed_call else log.warning
             emit("delete_retry_scheduled", bucket=bucket, key=key, attempts=attempts,
                  next_attempt_at=next_attempt_at.isoformat(), error=error)
-    return len(entries), outcome.call_failed
 
 
 # --- S3 --------------------------------------------------------------------------
@@ -362,8 +382,8 @@ def _targets(
         try:
             versions = list(_versions_of(client, bucket, entry.key))
         except StorageError as exc:
-            outcome.call_failed = True
-            outcome.refuse([entry], str(exc))
+            log.warning("list_object_versions_failed", bucket=bucket, key=entry.key, error=str(exc))
+            outcome.refuse([entry], str(exc), whole_call=True)
             continue
         targets.extend((entry, {"Key": entry.key, "VersionId": version}) for version in versions)
     return targets
@@ -399,9 +419,8 @@ def _delete_chunk(
                 Bucket=bucket, Delete={"Objects": [obj for _, obj in chunk], "Quiet": False}
             )
     except StorageError as exc:
-        outcome.call_failed = True
         log.warning("delete_objects_failed", bucket=bucket, keys=len(chunk), error=str(exc))
-        outcome.refuse([entry for entry, _ in chunk], str(exc))
+        outcome.refuse([entry for entry, _ in chunk], str(exc), whole_call=True)
         return
     confirmed: set[tuple[str, str | None]] = set()
     for item in answer.get("Deleted", ()):
