@@ -363,12 +363,15 @@ def test_versioned_bucket_all_versions_removes_every_version_and_marker(conn, db
     versioned.delete_object(Bucket=TEST_BUCKET, Key=key)  # a marker ...
     versioned.put_object(Bucket=TEST_BUCKET, Key=key, Body=b"v3")  # ... under a live version
     _, longer = add_asset(conn, versioned, show, "a.jpg.thumb")
-    conn.execute("delete from core.show_assets where id = %s", (asset,))
+    second, second_key = add_asset(conn, versioned, show, "b.jpg", body=b"b1")
+    versioned.put_object(Bucket=TEST_BUCKET, Key=second_key, Body=b"b2")
+    conn.execute("delete from core.show_assets where id in (%s, %s)", (asset, second))
 
     report = deletes.drain(settings)
 
-    assert (report.deleted, report.errors) == (1, 0)
+    assert (report.deleted, report.errors) == (2, 0)
     assert _versions(versioned, key) == ([], [])
+    assert _versions(versioned, second_key) == ([], [])
     assert object_exists(versioned, longer)
     assert queue(conn) == []
 
@@ -384,6 +387,23 @@ def test_all_versions_on_an_unversioned_bucket_deletes_the_object(conn, db_url, 
 
     assert (report.deleted, report.errors) == (1, 0)
     assert not object_exists(s3, key)
+
+
+def test_all_versions_listing_failure_counts_an_attempt(conn, db_url, aws_env, s3):
+    """deletes.all_versions = true: a key whose versions cannot be listed (no such bucket) is retried, not completed."""
+    settings = make_settings(db_url, deletes={"all_versions": True})
+    show = make_show(conn)
+    conn.execute(
+        "insert into core.show_assets (show_id, bucket, object_key) values (%s, 'trr-no-such-bucket', 'shows/x/1')",
+        (show,),
+    )
+    conn.execute("delete from core.show_assets")
+
+    report = deletes.drain(settings)
+
+    assert (report.deleted, report.retried, report.requests) == (0, 1, 0)
+    [entry] = queue(conn)
+    assert entry["attempts"] == 1 and "does not exist" in entry["last_error"]
 
 
 # --- delete_assets and the CLI -------------------------------------------------------

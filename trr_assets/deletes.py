@@ -35,6 +35,7 @@ from __future__ import annotations
 import re
 import time
 import uuid
+from concurrent.futures import ThreadPoolExecutor
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
@@ -52,6 +53,8 @@ log = structlog.get_logger()
 DRAIN_APPLICATION_NAME = "trr-assets deletes"
 # DeleteObjects takes at most this many keys per request.
 MAX_KEYS_PER_REQUEST = 1000
+# all_versions: ListObjectVersions calls in flight at once.
+_VERSION_LISTING_THREADS = 8
 # Per-key error codes that mean the object (or version) is already gone.
 _GONE_CODES = frozenset({"NoSuchKey", "NoSuchVersion"})
 # Characters XML 1.0 cannot carry: a key holding one cannot travel in a
@@ -376,16 +379,26 @@ def _delete_objects(client: Any, entries: Sequence[_Entry], *, all_versions: boo
 def _targets(
     client: Any, bucket: str, group: Sequence[_Entry], outcome: _Outcome
 ) -> list[tuple[_Entry, dict[str, str]]]:
-    """Every version and delete marker of each entry's key (``all_versions``)."""
-    targets: list[tuple[_Entry, dict[str, str]]] = []
-    for entry in group:
+    """Every version and delete marker of each entry's key (``all_versions``).
+
+    One listing per key, a few at a time: the batch's locks are held
+    meanwhile, so the listings should not take longer than they must.
+    """
+
+    def listed(entry: _Entry) -> list[str] | StorageError:
         try:
-            versions = list(_versions_of(client, bucket, entry.key))
+            return list(_versions_of(client, bucket, entry.key))
         except StorageError as exc:
-            log.warning("list_object_versions_failed", bucket=bucket, key=entry.key, error=str(exc))
-            outcome.refuse([entry], str(exc), whole_call=True)
-            continue
-        targets.extend((entry, {"Key": entry.key, "VersionId": version}) for version in versions)
+            return exc
+
+    targets: list[tuple[_Entry, dict[str, str]]] = []
+    with ThreadPoolExecutor(max_workers=_VERSION_LISTING_THREADS, thread_name_prefix="trr-versions") as pool:
+        for entry, versions in zip(group, pool.map(listed, group), strict=True):
+            if isinstance(versions, StorageError):
+                log.warning("list_object_versions_failed", bucket=bucket, key=entry.key, error=str(versions))
+                outcome.refuse([entry], str(versions), whole_call=True)
+                continue
+            targets.extend((entry, {"Key": entry.key, "VersionId": version}) for version in versions)
     return targets
 
 
