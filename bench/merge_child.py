@@ -1,0 +1,83 @@
+"""One reconcile merge, or its naive baseline, in a fresh interpreter.
+
+``python -m bench.merge_child --db URL --bucket B --show-pool P --shows S
+--per-show M --mode merge|naive`` prints one JSON object: the keys handled,
+the seconds the comparison took (imports and connecting excluded), what it
+found, and the process's peak resident set size before and after. A process
+per measurement, so one size's memory never inflates another's figure.
+
+- ``merge``: ``diff.merge`` of the listing (generated lazily, in S3's order)
+  with ``diff.stream_rows`` (a server-side cursor), one key at a time.
+- ``naive``: the same query fetched whole into a dict, the listing into
+  another, then set differences and a comparison of the common keys.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import time
+from collections import Counter
+from typing import Any
+
+import psycopg
+
+from bench import data
+from trr_assets import db, diff
+
+
+def peak_rss_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # kilobytes on Linux
+
+
+def merge(conn: psycopg.Connection[Any], bucket: str, listing: Any) -> Counter[str]:
+    counts: Counter[str] = Counter()
+    with conn.transaction():  # the rows' cursor lives in it
+        for item in diff.merge(listing, diff.stream_rows(conn, bucket, diff.prefix_range(data.PREFIX))):
+            counts[item.kind.value] += 1
+    return counts
+
+
+def naive(conn: psycopg.Connection[Any], bucket: str, listing: Any) -> Counter[str]:
+    key_range = diff.prefix_range(data.PREFIX)
+    params = {"bucket": bucket, "start_at": key_range.start_at, "stop_before": key_range.stop_before}
+    rows = {r[0]: r for r in conn.execute(db.query("stream_rows_in_range"), params).fetchall() if r[1] is not None}
+    objects = {o.key: o for o in listing}
+    counts: Counter[str] = Counter()
+    counts["only_in_s3"] = len(objects.keys() - rows.keys())
+    counts["only_in_db"] = len(rows.keys() - objects.keys())
+    for key in objects.keys() & rows.keys():
+        obj, row = objects[key], rows[key]
+        counts["same" if (row[2], row[3]) == (obj.size, obj.etag) else "changed"] += 1
+    return counts
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(prog="python -m bench.merge_child")
+    parser.add_argument("--db", required=True)
+    parser.add_argument("--bucket", required=True)
+    parser.add_argument("--show-pool", type=int, required=True, help="show ids generated (the first --shows are used)")
+    parser.add_argument("--shows", type=int, required=True)
+    parser.add_argument("--per-show", type=int, required=True)
+    parser.add_argument("--mode", choices=("merge", "naive"), required=True)
+    args = parser.parse_args()
+    shows = data.show_ids(args.show_pool)[: args.shows]
+    listing = data.objects(shows, args.per_show, drift=True)
+    with psycopg.connect(args.db, autocommit=True) as conn:
+        before = peak_rss_mb()
+        started = time.perf_counter()
+        counts = (merge if args.mode == "merge" else naive)(conn, args.bucket, listing)
+        seconds = time.perf_counter() - started
+    print(json.dumps({
+        "mode": args.mode,
+        "keys": args.shows * args.per_show,
+        "seconds": seconds,
+        "counts": dict(counts),
+        "rss_before_mb": before,
+        "rss_mb": peak_rss_mb(),
+    }))
+
+
+if __name__ == "__main__":
+    main()
