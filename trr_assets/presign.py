@@ -631,7 +631,7 @@ class Presigner:
                 reason = f"upload refused: the caller may not add assets to show {row['show_id']}"
             elif isinstance(cause, psycopg.errors.ForeignKeyViolation):
                 reason = f"upload refused: no show {row['show_id']}"
-            elif claims is not None and isinstance(cause, psycopg.errors.DataException):
+            elif claims is not None and isinstance(cause, psycopg.DataError):
                 reason = "upload refused: the database rejected the caller's claims"
             else:
                 raise
@@ -688,7 +688,7 @@ class Presigner:
                     with conn.transaction():
                         self._act_as(conn, claims)
                         return conn.execute(db.query(query_name), params).fetchall()
-                except psycopg.errors.DataException as exc:
+                except psycopg.DataError as exc:
                     # A claim the policies cannot read (a ``sub`` that is not
                     # a UUID makes auth.uid() fail) hides every row: the
                     # caller is nobody the policies know.
