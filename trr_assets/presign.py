@@ -531,7 +531,11 @@ class Presigner:
         if not wanted:
             return {}
         rows = self._select("presign_find_assets", {"ids": list({u for _, u in wanted})}, claims)
-        urls = {asset: self.url_for_key(bucket, key) for asset, bucket, key in rows}
+        # One signing time for the whole page: the URLs are consistent and the
+        # per-URL work is the signature alone.
+        signer, signed_at, x_expires = self._signing("GET", None)
+        urls = {asset: signer.sign("GET", bucket, key, expires=x_expires, signed_at=signed_at)
+                for asset, bucket, key in rows}
         return {item: urls[u] for item, u in wanted if u in urls}
 
     def url_for_key(
@@ -657,13 +661,9 @@ class Presigner:
             raise ValueError(f"method must be get or put, got {method!r}")
         if verb == "GET" and (content_type is not None or content_length is not None):
             raise ValueError("content_type and content_length bind PUT requests only")
-        lifetime = self.settings.presign.expires_seconds if expires is None else expires
-        if type(lifetime) is not int or not 1 <= lifetime <= SIGV4_MAX_EXPIRES_SECONDS:
-            raise ValueError(f"expires must be a whole number of seconds from 1 to {SIGV4_MAX_EXPIRES_SECONDS}")
         if type(bucket) is not str or type(key) is not str or not bucket or not key:
             raise ValueError("bucket and key must be non-empty strings")
-        signed_at, x_expires = signing_window(self._clock(), lifetime, self.settings.presign.cache_window_seconds)
-        signer = self._signer or self._make_signer()
+        signer, signed_at, x_expires = self._signing(verb, expires)
         url = signer.sign(
             verb,
             bucket,
@@ -674,6 +674,14 @@ class Presigner:
             content_length=content_length,
         )
         return url, signed_at + x_expires
+
+    def _signing(self, verb: str, expires: int | None) -> tuple[QuerySigner, int, int]:
+        """(signer, signing time, X-Amz-Expires) for URLs made now."""
+        lifetime = self.settings.presign.expires_seconds if expires is None else expires
+        if type(lifetime) is not int or not 1 <= lifetime <= SIGV4_MAX_EXPIRES_SECONDS:
+            raise ValueError(f"expires must be a whole number of seconds from 1 to {SIGV4_MAX_EXPIRES_SECONDS}")
+        signed_at, x_expires = signing_window(self._clock(), lifetime, self.settings.presign.cache_window_seconds)
+        return self._signer or self._make_signer(), signed_at, x_expires
 
     def _select(self, query_name: str, params: dict[str, Any], claims: Mapping[str, Any] | None) -> list[Any]:
         import psycopg
