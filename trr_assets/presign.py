@@ -29,6 +29,7 @@ import hashlib
 import hmac
 import json
 import math
+import os
 import re
 import threading
 import time
@@ -249,7 +250,7 @@ class QuerySigner:
             raise StorageError("s3: cannot presign: no AWS credentials found")
         with storage.wrap_errors("read AWS credentials"):
             current = credentials.get_frozen_credentials()
-        frozen = (current.access_key, current.secret_key, current.token or None)
+        frozen = (current.access_key, current.secret_key, current.token)
         self._credentials_cache = (now, frozen)
         return frozen
 
@@ -467,7 +468,7 @@ class Presigner:
         self._closed = False
 
     @classmethod
-    def from_config(cls, path: str | None = None) -> Presigner:
+    def from_config(cls, path: str | os.PathLike[str] | None = None) -> Presigner:
         """A presigner with the settings found as the CLI finds them."""
         return cls(load_settings(path))
 
