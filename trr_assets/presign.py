@@ -534,7 +534,7 @@ class Presigner:
         rows = self._select("presign_find_assets", {"ids": list({u for _, u in wanted})}, claims)
         # One signing time for the whole page: the URLs are consistent and the
         # per-URL work is the signature alone.
-        signer, signed_at, x_expires = self._signing(None)
+        signer, signed_at, x_expires = self._signing_now(None)
         urls = {asset: signer.sign("GET", bucket, key, expires=x_expires, signed_at=signed_at)
                 for asset, bucket, key in rows}
         return {item: urls[u] for item, u in wanted if u in urls}
@@ -664,7 +664,7 @@ class Presigner:
             raise ValueError("content_type and content_length bind PUT requests only")
         if type(bucket) is not str or type(key) is not str or not bucket or not key:
             raise ValueError("bucket and key must be non-empty strings")
-        signer, signed_at, x_expires = self._signing(expires)
+        signer, signed_at, x_expires = self._signing_now(expires)
         url = signer.sign(
             verb,
             bucket,
@@ -676,7 +676,7 @@ class Presigner:
         )
         return url, signed_at + x_expires
 
-    def _signing(self, expires: int | None) -> tuple[QuerySigner, int, int]:
+    def _signing_now(self, expires: int | None) -> tuple[QuerySigner, int, int]:
         """(signer, signing time, X-Amz-Expires) for URLs made now."""
         lifetime = self.settings.presign.expires_seconds if expires is None else expires
         if type(lifetime) is not int or not 1 <= lifetime <= SIGV4_MAX_EXPIRES_SECONDS:
