@@ -30,8 +30,9 @@ from typing import Any, TextIO
 import psycopg
 import psycopg.errors
 import structlog
+from psycopg_pool import ConnectionPool
 
-from trr_assets import db, diff, keys, storage
+from trr_assets import db, diff, keys, logs, storage
 from trr_assets.config import Settings
 from trr_assets.errors import DatabaseError, StorageError, TrrAssetsError
 from trr_assets.storage import ObjectInfo
@@ -289,43 +290,49 @@ def _head(client: Any, bucket: str, obj: ObjectInfo, show_id: uuid.UUID) -> _Row
 
 
 def _write(conn: psycopg.Connection[Any], bucket: str, rows: list[_Row]) -> UpsertCounts:
-    """COPY the batch into the staging table and upsert it, in one transaction.
+    """Upsert one batch; retried whole when a concurrent change refused it.
 
-    A batch refused because a key's deletion got queued (0007's guard), or
-    its show deleted, while it was written is retried whole: the retry's
-    snapshot sees the queue entry or the missing show and skips the key.
+    A batch is refused when, while it was being written, one of its keys got
+    its deletion queued (0007's guard) or its show deleted (the foreign key):
+    the retry's snapshot sees the queue entry or the missing show, and skips
+    the key.
     """
     rows = sorted(rows, key=lambda r: r.key)
-    for attempt in range(1, WRITE_ATTEMPTS + 1):
+    attempt = 1
+    while True:
         try:
-            with db.wrap_errors(f"upsert a batch of bucket {bucket}"), conn.transaction():
-                conn.execute(db.query("sync_refuse_queued_keys"), {"state": "on"})
-                conn.execute(db.query("sync_create_batch_table"))
-                conn.execute(db.query("sync_clear_batch_table"))
-                with conn.cursor().copy(db.query("sync_copy_batch")) as copy:
-                    for r in rows:
-                        copy.write_row((r.key, r.show_id, r.size, r.etag, r.content_type, r.owner_id))
-                result = conn.execute(db.query("sync_upsert_batch"), {"bucket": bucket}).fetchone()
-                conn.execute(db.query("sync_refuse_queued_keys"), {"state": "off"})
+            inserted, updated, unknown_show, queued = _write_once(conn, bucket, rows)
+            break
         except DatabaseError as exc:
-            if isinstance(exc.__cause__, _RETRYABLE) and attempt < WRITE_ATTEMPTS:
-                log.info("sync_batch_retry", bucket=bucket, attempt=attempt, reason=str(exc))
-                continue
-            raise
-        assert result is not None
-        inserted, updated, unknown_show, queued = (int(v) for v in result)
-        counts = UpsertCounts(
-            inserted=inserted,
-            updated=updated,
-            unchanged=len(rows) - inserted - updated - unknown_show - queued,
-            pending_deletes=queued,
-        )
-        if unknown_show:  # the show was deleted after the look-up
-            counts += UpsertCounts(
-                skipped=unknown_show, skipped_by_reason={keys.SkipReason.UNKNOWN_SHOW.value: unknown_show}
-            )
-        return counts
-    raise AssertionError("unreachable")  # the loop returns or raises
+            if not isinstance(exc.__cause__, _RETRYABLE) or attempt >= WRITE_ATTEMPTS:
+                raise
+            log.info("sync_batch_retry", bucket=bucket, attempt=attempt, reason=str(exc))
+            attempt += 1
+    counts = UpsertCounts(
+        inserted=inserted,
+        updated=updated,
+        unchanged=len(rows) - inserted - updated - unknown_show - queued,
+        pending_deletes=queued,
+    )
+    if unknown_show:  # the show was deleted after the look-up
+        counts += UpsertCounts(skipped=unknown_show, skipped_by_reason={keys.SkipReason.UNKNOWN_SHOW.value: unknown_show})
+    return counts
+
+
+def _write_once(conn: psycopg.Connection[Any], bucket: str, rows: list[_Row]) -> tuple[int, int, int, int]:
+    """COPY the batch into the staging table and upsert it, in one transaction."""
+    with db.wrap_errors(f"upsert a batch of bucket {bucket}"), conn.transaction():
+        conn.execute(db.query("sync_refuse_queued_keys"), {"state": "on"})
+        conn.execute(db.query("sync_create_batch_table"))
+        conn.execute(db.query("sync_clear_batch_table"))
+        with conn.cursor().copy(db.query("sync_copy_batch")) as copy:
+            for r in rows:
+                copy.write_row((r.key, r.show_id, r.size, r.etag, r.content_type, r.owner_id))
+        result = conn.execute(db.query("sync_upsert_batch"), {"bucket": bucket}).fetchone()
+        conn.execute(db.query("sync_refuse_queued_keys"), {"state": "off"})
+    assert result is not None  # an aggregate query returns one row
+    inserted, updated, unknown_show, queued = (int(v) for v in result)
+    return inserted, updated, unknown_show, queued
 
 
 # --- one pass ------------------------------------------------------------------
@@ -415,7 +422,7 @@ class _BucketTally:
 class _Context:
     settings: Settings
     client: Any
-    pool: Any  # psycopg_pool.ConnectionPool
+    pool: ConnectionPool
     heads: Executor
     prefix: str
     progress: _Progress
@@ -468,7 +475,7 @@ def run(
 
 
 @contextmanager
-def _open(pool: Any) -> Iterator[None]:
+def _open(pool: ConnectionPool) -> Iterator[None]:
     """Open the pool and prove the database answers (else the whole pass fails)."""
     pool.open(wait=False)
     try:
@@ -486,12 +493,17 @@ def _run_unit(ctx: _Context, tally: _BucketTally, shard: keys.KeyRange) -> None:
     try:
         _sync_range(ctx, tally, shard)
     except Exception as exc:  # one bucket's failure must not stop the others
-        message = str(exc).splitlines()[0] if isinstance(exc, TrrAssetsError) and str(exc) else (
-            f"internal error: {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
-        )
         if not isinstance(exc, TrrAssetsError):
             log.error("sync_unit_crashed", bucket=tally.bucket, exc_info=True)
-        tally.fail(message)
+        tally.fail(_one_line(exc))
+
+
+def _one_line(exc: BaseException) -> str:
+    lines = str(exc).strip().splitlines()
+    text = lines[0] if lines else type(exc).__name__
+    if not isinstance(exc, TrrAssetsError):
+        text = f"internal error: {type(exc).__name__}: {text}"
+    return logs.scrub(text)
 
 
 def _sync_range(ctx: _Context, tally: _BucketTally, shard: keys.KeyRange) -> None:
@@ -536,6 +548,8 @@ def _merge_and_write(
             pending += 1
         else:
             same += 1
+        # Also flush the counts now and then when nothing changes, so that
+        # progress moves and a stop request is seen during a no-op pass.
         if len(batch) >= batch_size or scanned >= 4 * batch_size:
             flush()
             if tally.failed.is_set() or ctx.stop.is_set():
