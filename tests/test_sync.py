@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import threading
 import uuid
 
 import structlog
+
+from trr_assets import sync
 
 from tests.conftest import TEST_BUCKET, make_show
 from tests.sync_helpers import HeadCounter, put, rows, run, show_key, sync_settings, versions
@@ -96,9 +99,11 @@ def test_keys_of_no_show_are_skipped_counted_by_reason_and_logged_once(conn, db_
     for key in [keep, upper, *skipped]:
         put(s3, key)
 
+    heads = HeadCounter(s3)
     with structlog.testing.capture_logs() as logs:
         report = run(sync_settings(db_url), s3)
 
+    assert heads.count == 2  # skipped keys cost no HEAD request
     assert set(rows(conn)) == {keep, upper}
     assert rows(conn)[upper][0] == show
     assert (report.scanned, report.inserted, report.skipped) == (7, 2, 5)
@@ -175,3 +180,30 @@ def test_report_dict_starts_with_the_spec_keys(conn, db_url, s3):
 
     assert list(report.as_dict())[:6] == ["scanned", "inserted", "updated", "unchanged", "skipped", "duration_seconds"]
     assert report.as_dict()["buckets"][TEST_BUCKET]["scanned"] == 0
+
+
+def test_progress_goes_to_stderr_only_when_wanted(conn, db_url, s3, capsys):
+    """Progress is drawn on stderr when asked (a terminal), not otherwise, and never on stdout."""
+    put(s3, show_key(make_show(conn), "a.jpg"))
+    settings = sync_settings(db_url)
+
+    sync.run(settings, client=s3, progress=None)  # pytest's stderr is no terminal
+    quiet = capsys.readouterr()
+    sync.run(settings, client=s3, progress=True)
+    drawn = capsys.readouterr()
+
+    assert "keys scanned" not in quiet.err
+    assert "sync: 1 keys scanned, 0 rows written" in drawn.err
+    assert "keys scanned" not in quiet.out + drawn.out
+
+
+def test_stop_request_ends_the_pass_without_writing(conn, db_url, s3):
+    """A pass asked to stop before it starts writes nothing and says it stopped."""
+    put(s3, show_key(make_show(conn), "a.jpg"))
+    stop = threading.Event()
+    stop.set()
+
+    report = run(sync_settings(db_url), s3, stop=stop)
+
+    assert rows(conn) == {}
+    assert report.stopped and report.scanned == 0

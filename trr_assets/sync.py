@@ -347,7 +347,6 @@ class _Progress:
         self._lock = threading.Lock()
         self._scanned = self._written = 0
         self._started = self._last = time.monotonic()
-        self._drawn = False
 
     def add(self, scanned: int, written: int) -> None:
         if not self._enabled:
@@ -366,10 +365,10 @@ class _Progress:
             f" {now - self._started:.0f}s "
         )
         self._stream.flush()
-        self._drawn = True
 
     def close(self) -> None:
-        if self._enabled and self._drawn:
+        """Draw the final figures and end the line."""
+        if self._enabled:
             with self._lock:
                 self._draw(time.monotonic())
                 self._stream.write("\n")
