@@ -446,13 +446,12 @@ def run(
     that cannot be reached at all raises ``DatabaseError``.
     """
     started = time.monotonic()
-    names = list(dict.fromkeys(buckets if buckets is not None else settings.s3.buckets))
-    prefix = settings.s3.prefix if prefix is None else prefix
     s3 = settings.s3
+    names = list(dict.fromkeys(buckets if buckets is not None else s3.buckets))
+    prefix = s3.prefix if prefix is None else prefix
     client = client or storage.make_client(s3, max_pool_connections=s3.list_concurrency + s3.head_concurrency)
-    show = sys.stderr.isatty() if progress is None else progress
-    ctx_progress = _Progress(show, sys.stderr)
     stop = stop or threading.Event()
+    progress_line = _Progress(sys.stderr.isatty() if progress is None else progress, sys.stderr)
     if not names:
         log.warning("sync_no_buckets", hint="set s3.buckets or pass --bucket")
     tallies = {name: _BucketTally(name) for name in names}
@@ -460,17 +459,25 @@ def run(
     # Two connections per running unit: the reader's cursor and the writer.
     pool = db.make_pool(settings.database, name="trr-assets sync", min_size=0, max_size=2 * s3.list_concurrency)
     with _open(pool), ThreadPoolExecutor(s3.head_concurrency, thread_name_prefix="trr-head") as heads:
-        ctx = _Context(settings, client, pool, heads, prefix, ctx_progress, stop)
-        with ThreadPoolExecutor(s3.list_concurrency, thread_name_prefix="trr-sync") as units_pool:
-            for future in [units_pool.submit(_run_unit, ctx, tally, shard) for tally, shard in units]:
-                future.result()
-    ctx_progress.close()
+        _run_units(_Context(settings, client, pool, heads, prefix, progress_line, stop), units)
+    progress_line.close()
     reports = {name: tally.report() for name, tally in tallies.items()}
     for name, tally in tallies.items():
         _log_bucket(reports[name], tally.upserts)
     report = _total(reports, time.monotonic() - started, stop.is_set())
     log.info("sync_done", **{k: v for k, v in report.as_dict().items() if k != "buckets"})
     return report
+
+
+def _run_units(ctx: _Context, units: list[tuple[_BucketTally, keys.KeyRange]]) -> None:
+    with ThreadPoolExecutor(ctx.settings.s3.list_concurrency, thread_name_prefix="trr-sync") as executor:
+        futures = [executor.submit(_run_unit, ctx, tally, shard) for tally, shard in units]
+        try:
+            for future in futures:
+                future.result()
+        except BaseException:  # Ctrl-C: the running units end after their batch
+            ctx.stop.set()
+            raise
 
 
 @contextmanager
