@@ -134,6 +134,23 @@ def test_upsert_objects_deduplicates_within_a_batch_and_counts_vanished_objects(
     assert (counts.inserted, counts.vanished, counts.skipped) == (1, 1, 0)
 
 
+def test_upsert_objects_never_inserts_a_queued_key(conn, db_url, s3):
+    """upsert_objects (reconcile's import path too) skips a key whose deletion is queued and keeps it queued."""
+    show = make_show(conn)
+    key = show_key(show, "a.jpg")
+    put(s3, key)
+    settings = sync_settings(db_url)
+    run(settings, s3)
+    conn.execute("delete from core.show_assets where object_key = %s", (key,))
+
+    with psycopg.connect(db_url, autocommit=True) as writer:
+        counts = sync.upsert_objects(writer, s3, TEST_BUCKET, [_object(s3, key)], settings=settings)
+
+    assert rows(conn) == {}
+    assert conn.execute("select object_key from trr_assets.delete_queue").fetchall() == [(key,)]
+    assert (counts.inserted, counts.pending_deletes) == (0, 1)
+
+
 def _wait_for_lock_wait(conn: psycopg.Connection[Any], application_name: str) -> None:
     deadline = time.monotonic() + 20
     while time.monotonic() < deadline:
