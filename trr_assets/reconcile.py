@@ -70,6 +70,7 @@ log = structlog.get_logger()
 Sink = Callable[[dict[str, Any]], None]
 
 HISTORY_LIMIT = 20
+LIST_PAGE_SIZE = 1000  # keys per ListObjectsV2 page (S3's maximum)
 OBJECT_POLICIES_THAT_DELETE = ("delete", "quarantine")
 _SINGLE_COPY_LIMIT = 5 * 1024**3  # CopyObject's limit; larger objects need a multipart copy
 _NOT_FOUND_CODES = {"404", "NoSuchKey", "NotFound"}
@@ -612,6 +613,7 @@ class _Reconciler:
             prefix=self.prefix,
             start_at=unit.key_range.start_at,
             stop_before=unit.key_range.stop_before,
+            page_size=LIST_PAGE_SIZE,
         )
         return diff.merge(objects, rows)
 
