@@ -422,7 +422,10 @@ def test_limit_problems_name_each_limit_and_excess():
         object_deletes=30, row_deletes=0, objects=100, rows=50, max_deletes=1000, max_fraction=0.05
     )
     assert problems == [
-        "30 object deletions are 30.0% of its 100 objects, above reconcile.max_delete_fraction 0.05 "
+        "30 object deletions would be 30.0% of its 100 objects, above reconcile.max_delete_fraction 0.05 "
         "(limit 5, over by 25)"
     ]
     assert reconcile.limit_problems(5, 2, 100, 40, max_deletes=1000, max_fraction=0.05) == []
+    assert reconcile.limit_problems(1, 0, 1, 0, max_deletes=0, max_fraction=1.0) == [
+        "1 deletion exceeds reconcile.max_deletes 0 by 1"
+    ]

@@ -854,16 +854,22 @@ def limit_problems(
     total = object_deletes + row_deletes
     if total > max_deletes:
         problems.append(
-            f"{total} deletions exceed reconcile.max_deletes {max_deletes} by {total - max_deletes}"
+            f"{_count(total, 'deletion')} {'exceeds' if total == 1 else 'exceed'} "
+            f"reconcile.max_deletes {max_deletes} by {total - max_deletes}"
         )
     for what, wanted, of in (("object", object_deletes, objects), ("row", row_deletes, rows)):
         limit = math.floor(max_fraction * of)
         if wanted > max_fraction * of:
             problems.append(
-                f"{wanted} {what} deletions are {wanted / max(of, 1):.1%} of its {of} {what}s, above "
-                f"reconcile.max_delete_fraction {max_fraction:g} (limit {limit}, over by {wanted - limit})"
+                f"{_count(wanted, what + ' deletion')} would be {wanted / max(of, 1):.1%} of its "
+                f"{_count(of, what)}, above reconcile.max_delete_fraction {max_fraction:g} "
+                f"(limit {limit}, over by {wanted - limit})"
             )
     return problems
+
+
+def _count(n: int, noun: str) -> str:
+    return f"{n} {noun}" + ("" if n == 1 else "s")
 
 
 # --- history -----------------------------------------------------------------------
