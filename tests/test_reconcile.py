@@ -311,8 +311,9 @@ def _failing_second_page(client):
     return calls
 
 
-def test_listing_failing_part_way_refuses_repair_and_deletes_nothing(conn, s3, db_url, monkeypatch):
-    """A listing whose 2nd page fails would make live rows look orphaned: repair is refused (exit 4), nothing deleted."""
+@pytest.mark.parametrize("force", [False, True], ids=["plain", "forced"])
+def test_listing_failing_part_way_refuses_repair_and_deletes_nothing(conn, s3, db_url, monkeypatch, force):
+    """A listing whose 2nd page fails refuses repair (exit 4), even with --force, and nothing is deleted."""
     monkeypatch.setattr(reconcile, "LIST_PAGE_SIZE", 2)
     show = make_show(conn)
     for i in range(6):
@@ -329,7 +330,7 @@ def test_listing_failing_part_way_refuses_repair_and_deletes_nothing(conn, s3, d
     before = (object_keys(s3), row_keys(conn))
 
     with pytest.raises(reconcile.ReconcileRefused) as caught:
-        run(settings, client=client, repair=True)
+        run(settings, client=client, repair=True, force=force)
 
     assert caught.value.exit_code == 4
     assert "injected failure" in str(caught.value) and "nothing was changed" in str(caught.value)
