@@ -4,9 +4,19 @@ from __future__ import annotations
 
 import json
 
+import pytest
+import structlog
+
 from tests.conftest import make_show
 from tests.reconcile_helpers import add_row, plant, put, read_jsonl, row_keys, write_config
 from trr_assets import cli
+
+
+@pytest.fixture(autouse=True)
+def _restore_logging():
+    """cli.main configures structlog for the process, onto this test's captured stderr: undo it after."""
+    yield
+    structlog.reset_defaults()
 
 
 def test_jsonl_streams_findings_then_one_summary_line(conn, s3, db_url, tmp_path):
@@ -105,3 +115,18 @@ def test_history_cannot_be_combined_with_repair(conn, db_url, tmp_path, capsys, 
     """--history --repair is bad usage (exit 2)."""
     config = write_config(tmp_path / "c.toml", db_url)
     assert cli.main(["--config", str(config), "reconcile", "--history", "--repair"]) == 2
+
+
+def test_text_report_keeps_each_finding_on_one_line():
+    """A key with a newline (legal in S3) cannot break the text table: control characters are escaped."""
+    import io
+
+    from trr_assets.reconcile import TextReport
+
+    out = io.StringIO()
+    TextReport(out).finding({
+        "kind": "orphaned_object", "bucket": "b", "key": "shows/evil\nkey.jpg", "size": 1,
+        "etag": "e", "last_modified": "2026-11-26T00:00:00Z", "action": "none",
+    })
+    lines = out.getvalue().splitlines()
+    assert len(lines) == 2 and "shows/evil\\x0akey.jpg" in lines[1]

@@ -581,22 +581,28 @@ class _Reconciler:
         if state.error is not None:
             return
         counts: Counter[str] = Counter()
-        seen = 0
+        seen = in_sync = 0
+        same = Kind.SAME
         try:
             with db.wrap_errors(f"reconcile bucket {unit.bucket}"), contextlib.ExitStack() as stack:
                 conn = stack.enter_context(self.pool.connection())
                 act_conn = stack.enter_context(self.pool.connection()) if act else None
                 stack.enter_context(conn.transaction())
                 for d in self._diffs(stack, conn, unit):
-                    if act and state.error is not None:
-                        return  # another shard of this bucket failed: stop repairing it
-                    self._handle(d, unit.bucket, counts, emit=emit, act_conn=act_conn)
                     seen += 1
                     if self.progress and seen % 1000 == 0:
                         self.progress.advance(1000)
+                    if d.kind is same:  # the common case, kept cheap
+                        in_sync += 1
+                        continue
+                    if act and state.error is not None:
+                        return  # another shard of this bucket failed: stop repairing it
+                    self._handle(d, unit.bucket, counts, emit=emit, act_conn=act_conn)
         except (TrrAssetsError, ValueError) as exc:  # ValueError: a stream out of order
             self._fail(unit.bucket, exc)
         finally:
+            counts["objects_scanned"] += in_sync
+            counts["rows_scanned"] += in_sync
             with self.lock:
                 (state.counts if emit else state.plan).update(counts)
             if self.progress:
@@ -994,10 +1000,10 @@ class JsonlReport:
         self.out = out
 
     def finding(self, item: dict[str, Any]) -> None:
-        self.out.write(json.dumps(item, ensure_ascii=False) + "\n")
+        self.out.write(json.dumps(item) + "\n")
 
     def summary(self, summary: ReconcileSummary) -> None:
-        self.out.write(json.dumps({"kind": "summary", **summary.as_dict()}, ensure_ascii=False) + "\n")
+        self.out.write(json.dumps({"kind": "summary", **summary.as_dict()}) + "\n")
 
 
 class TextReport:
@@ -1013,7 +1019,8 @@ class TextReport:
         self.rows += 1
         size = "" if item.get("size") is None else str(item["size"])
         self.out.write(
-            f"{item['kind']:<16} {item['action']:<12} {size:>12}  {item['bucket']}/{item['key']}  {self._detail(item)}\n"
+            f"{item['kind']:<16} {item['action']:<12} {size:>12}  {item['bucket']}/{_printable(item['key'])}  "
+            f"{self._detail(item)}\n"
         )
 
     @staticmethod
@@ -1048,6 +1055,14 @@ class TextReport:
             self.out.write(f"REFUSED: {line}\n")
         for line in summary.failed:
             self.out.write(f"FAILED: {line}\n")
+
+
+def _printable(key: str) -> str:
+    """A key on one table line: control characters (legal in S3 keys) escaped."""
+    return _CONTROL.sub(lambda m: f"\\x{ord(m.group()):02x}", key)
+
+
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 
 
 def _history_text(runs: list[dict[str, Any]], out: TextIO) -> None:
