@@ -430,3 +430,28 @@ def test_limit_problems_name_each_limit_and_excess():
     assert reconcile.limit_problems(1, 0, 1, 0, max_deletes=0, max_fraction=1.0) == [
         "1 deletion exceeds reconcile.max_deletes 0 by 1"
     ]
+
+
+def test_second_pass_never_deletes_more_than_the_first_counted(conn, s3, db_url):
+    """Objects vanishing between the counting pass and the repair pass cannot raise the number of rows deleted."""
+    show = make_show(conn)
+    keys = [f"shows/{show}/{i}.jpg" for i in range(20)]
+    for key in keys[1:]:
+        add_row(conn, show, key, size=4, etag=put(s3, key))
+    add_row(conn, show, keys[0], size=4, etag="x")  # the one orphaned row the first pass counts
+    settings = make_settings(db_url, s3={"list_shards": 1}, reconcile={"orphaned_rows": "delete", **LOOSE})
+    client = storage.make_client(settings.s3)
+    calls: list[int] = []
+
+    def vanish_before_second_pass(**_: object) -> None:
+        calls.append(1)
+        if len(calls) == 2:  # the repair pass starts listing: three more objects are gone
+            for key in keys[1:4]:
+                s3.delete_object(Bucket=TEST_BUCKET, Key=key)
+
+    client.meta.events.register("before-call.s3.ListObjectsV2", vanish_before_second_pass)
+    findings, summary = run(settings, client=client, repair=True)
+
+    assert summary.orphaned_rows == 4 and summary.deleted_rows == 1
+    assert sorted(f.get("reason", f["action"]) for f in findings) == ["deleted"] + ["over_counted_plan"] * 3
+    assert len(row_keys(conn)) == 19
