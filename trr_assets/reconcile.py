@@ -428,7 +428,7 @@ class TerminalProgress:
             if not force and now - self._drawn_at < 0.5:
                 return
             self._drawn_at = now
-            line = f"\rreconcile {self._phase}: {self._keys:,} keys, {self._units_done}/{self._units} shards"
+            line = f"\rreconcile {self._phase}: {self._keys:,} keys, {self._units_done}/{self._units} shards\x1b[K"
         self._stream.write(line)
         self._stream.flush()
 
