@@ -20,7 +20,8 @@ from tests.reconcile_helpers import (
     row_keys,
     run,
 )
-from trr_assets import reconcile, storage
+from trr_assets import diff, reconcile, storage
+from trr_assets.errors import DatabaseError
 from trr_assets.reconcile import ReconcileOptions
 
 
@@ -336,6 +337,35 @@ def test_listing_failing_part_way_refuses_repair_and_deletes_nothing(conn, s3, d
     assert "injected failure" in str(caught.value) and "nothing was changed" in str(caught.value)
     assert (object_keys(s3), row_keys(conn), queued_keys(conn)) == (*before, set())
     assert caught.value.summary.deleted_rows == caught.value.summary.deleted_objects == 0
+
+
+def test_row_query_failing_part_way_refuses_repair(conn, s3, db_url, monkeypatch):
+    """A row cursor that fails part way (rows missing from the merge) refuses repair too; nothing is deleted."""
+    show = make_show(conn)
+    for i in range(6):
+        key = f"shows/{show}/{i}.jpg"
+        add_row(conn, show, key, size=4, etag=put(s3, key))
+    put(s3, f"shows/{show}/orphan.jpg")
+    real_stream_rows = diff.stream_rows
+    calls: list[int] = []
+
+    def failing_stream_rows(*args, **kwargs):
+        calls.append(1)
+        for n, row in enumerate(real_stream_rows(*args, **kwargs)):
+            if n == 2 and len(calls) == 1:  # the first cursor fails part way; later ones work
+                raise DatabaseError("database: read rows of bucket: connection lost (injected)")
+            yield row
+
+    monkeypatch.setattr(diff, "stream_rows", failing_stream_rows)
+    settings = make_settings(
+        db_url, s3={"list_shards": 1}, reconcile={"orphaned_objects": "delete", "orphaned_rows": "delete", **LOOSE}
+    )
+    before = (object_keys(s3), row_keys(conn))
+
+    with pytest.raises(reconcile.ReconcileRefused, match="connection lost"):
+        run(settings, repair=True, force=True)
+
+    assert (object_keys(s3), row_keys(conn), queued_keys(conn)) == (*before, set())
 
 
 def test_listing_failing_part_way_fails_a_dry_run(conn, s3, db_url, monkeypatch):
