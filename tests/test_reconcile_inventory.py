@@ -28,7 +28,9 @@ def _csv_gz(records: list[list[str]]) -> bytes:
     return gzip.compress(text.getvalue().encode())
 
 
-def build_inventory(s3: Any, *, extra: list[list[str]] = (), created: datetime | None = None, files: int = 2) -> str:
+def build_inventory(
+    s3: Any, *, extra: list[list[str]] | None = None, created: datetime | None = None, files: int = 2
+) -> str:
     """Write an inventory report of TEST_BUCKET as S3 does (shuffled, split, keys URL-encoded); return its URL."""
     s3.create_bucket(Bucket=INVENTORY_BUCKET)
     records = []
@@ -42,7 +44,7 @@ def build_inventory(s3: Any, *, extra: list[list[str]] = (), created: datetime |
                 item["ETag"].strip('"'),
                 "STANDARD",
             ])
-    records.extend(extra)
+    records.extend(extra or [])
     random.Random(7).shuffle(records)
     base = f"{TEST_BUCKET}/daily/2026-11-25T01-00Z"
     file_keys = []
