@@ -97,6 +97,7 @@ class Measured:
     met: bool
     notes: tuple[str, ...] = ()
     extra: dict[str, Any] = field(default_factory=dict)
+    baseline_title: str | None = None  # when the sizes used differ from the benchmark's own title
 
 
 @dataclass(frozen=True)
@@ -182,6 +183,7 @@ def run_benchmark(benchmark: Benchmark, ctx: Context) -> Row:
         return Row(title=benchmark.title, status="error", reason=reason, seconds=seconds, **base)
     seconds = time.perf_counter() - started
     ctx.say(f"{benchmark.name}: {measured.figure.text()} vs {measured.baseline.text()} ({seconds:.1f} s)")
+    base["baseline_title"] = measured.baseline_title or benchmark.baseline_title
     return Row(title=measured.title, status="ok", measured=measured, seconds=seconds, **base)
 
 

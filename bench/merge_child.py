@@ -4,7 +4,8 @@
 --per-show M --mode merge|naive`` prints one JSON object: the keys handled,
 the seconds the comparison took (imports and connecting excluded), what it
 found, and the process's peak resident set size before and after. A process
-per measurement, so one size's memory never inflates another's figure.
+per measurement, so one size's memory never inflates another's figure (see
+``peak_rss_mb`` for why the peak is read from ``/proc/self/status``).
 
 - ``merge``: ``diff.merge`` of the listing (generated lazily, in S3's order)
   with ``diff.stream_rows`` (a server-side cursor), one key at a time.
@@ -19,6 +20,7 @@ import json
 import resource
 import time
 from collections import Counter
+from operator import attrgetter
 from typing import Any
 
 import psycopg
@@ -28,21 +30,37 @@ from trr_assets import db, diff
 
 
 def peak_rss_mb() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # kilobytes on Linux
+    """This process's peak resident set size, in MB (2**20 bytes).
+
+    Linux's ``VmHWM``: the high-water mark of this program's own memory.
+    ``getrusage(RUSAGE_SELF).ru_maxrss`` is not used where ``VmHWM`` exists:
+    Linux carries it over through ``execve``, so a child reports at least
+    the RSS its parent had when it was started.
+    """
+    try:
+        with open("/proc/self/status", encoding="ascii") as status:
+            for line in status:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) / 1024  # kB
+    except OSError:
+        pass
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # kB on Linux, a fallback
 
 
 def merge(conn: psycopg.Connection[Any], bucket: str, listing: Any) -> Counter[str]:
-    counts: Counter[str] = Counter()
     with conn.transaction():  # the rows' cursor lives in it
-        for item in diff.merge(listing, diff.stream_rows(conn, bucket, diff.prefix_range(data.PREFIX))):
-            counts[item.kind.value] += 1
-    return counts
+        rows = diff.stream_rows(conn, bucket, diff.prefix_range(data.PREFIX))
+        # Counted in C, so the figure is the merge's, not this loop's.
+        kinds = Counter(map(attrgetter("kind"), diff.merge(listing, rows)))
+    return Counter({kind.value: count for kind, count in kinds.items()})
 
 
 def naive(conn: psycopg.Connection[Any], bucket: str, listing: Any) -> Counter[str]:
     key_range = diff.prefix_range(data.PREFIX)
     params = {"bucket": bucket, "start_at": key_range.start_at, "stop_before": key_range.stop_before}
-    rows = {r[0]: r for r in conn.execute(db.query("stream_rows_in_range"), params).fetchall() if r[1] is not None}
+    with conn.cursor(binary=True) as cursor:  # binary, as stream_rows reads it
+        fetched = cursor.execute(db.query("stream_rows_in_range"), params).fetchall()
+    rows = {r[0]: r for r in fetched if r[1] is not None}  # r[1] is None: a queue entry
     objects = {o.key: o for o in listing}
     counts: Counter[str] = Counter()
     counts["only_in_s3"] = len(objects.keys() - rows.keys())

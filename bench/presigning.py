@@ -117,6 +117,7 @@ def run_get_urls(ctx: Context) -> Measured:
     ratio = base.median / fig.median
     return Measured(
         title=f"get_urls {n:,} assets, RLS-checked query (org-read policy), ms per call",
+        baseline_title=f"{n:,} single get_url calls",
         figure=fig, baseline=base, ratio=ratio, ratio_text=f"{number(ratio)}× faster",
         met=fig.median <= 30,
         notes=(f"claims of an organization member ({{'role': 'authenticated', 'sub': ...}}), org-read policy "
