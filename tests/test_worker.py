@@ -204,14 +204,25 @@ def test_a_run_that_failed_for_one_bucket_is_a_failed_run_with_its_counts(fast_s
     assert failed["errors"] == ["s3: bucket b2 does not exist or is not visible"]
 
 
-def test_a_refused_repair_is_its_own_outcome(fast_settings):
+class _Summary:
+    def as_dict(self) -> dict[str, Any]:
+        return {"orphaned_rows": 200}
+
+
+class _RefusedWithSummary(RepairRefused):
+    summary = _Summary()
+
+
+def test_a_refused_repair_is_its_own_outcome_and_keeps_the_runs_counts(fast_settings):
     def refused(ctx: JobContext) -> JobResult:
-        raise RepairRefused("reconcile: bucket b: would delete 200 rows, max_deletes is 100")
+        raise _RefusedWithSummary("reconcile: bucket b: would delete 200 rows, max_deletes is 100")
 
     job = _job(refused)
     with structlog.testing.capture_logs() as logs:
         assert Worker(fast_settings, jobs=[job]).run_job(job) == "refused"
-    assert _events(logs, "job_failed", job="test", outcome="refused")
+    [failed] = _events(logs, "job_failed", job="test", outcome="refused")
+    assert failed["counts"] == {"orphaned_rows": 200}
+    assert failed["error"] == "reconcile: bucket b: would delete 200 rows, max_deletes is 100"
 
 
 # --- --once --------------------------------------------------------------------------

@@ -37,6 +37,7 @@ from __future__ import annotations
 import logging
 import os
 import signal
+import socket
 import sys
 import threading
 import time
@@ -110,14 +111,16 @@ def _counts(report: Any) -> dict[str, Any]:
 def run_sync(ctx: JobContext) -> JobResult:
     from trr_assets import sync
 
-    report = sync.run(ctx.settings, client=ctx.s3)
+    # ``stop`` ends the pass after the batches in flight.
+    report = sync.run(ctx.settings, client=ctx.s3, progress=False, stop=ctx.stop)
     return JobResult(_counts(report), tuple(report.failed))
 
 
 def run_deletes(ctx: JobContext) -> JobResult:
     from trr_assets import deletes
 
-    return JobResult(_counts(deletes.drain(ctx.settings, client=ctx.s3)))
+    # Asked between batches; a batch once taken is always finished.
+    return JobResult(_counts(deletes.drain(ctx.settings, client=ctx.s3, should_stop=ctx.stop.is_set)))
 
 
 def repairs(settings: Settings) -> bool:
@@ -129,7 +132,7 @@ def repairs(settings: Settings) -> bool:
 def run_reconcile(ctx: JobContext) -> JobResult:
     from trr_assets import reconcile
 
-    options = reconcile.ReconcileOptions(repair=repairs(ctx.settings), run_by="worker")
+    options = reconcile.ReconcileOptions(repair=repairs(ctx.settings), run_by=f"worker@{socket.gethostname()}")
     return JobResult(_counts(reconcile.run(ctx.settings, options, client=ctx.s3)))
 
 
@@ -235,7 +238,10 @@ class Worker:
     def s3(self) -> Any:
         with self._s3_lock:
             if self._s3 is None:
-                self._s3 = storage.make_client(self.settings.s3)
+                s3 = self.settings.s3
+                # One client for every job: room for sync's listings and HEADs at once.
+                connections = max(32, s3.list_concurrency + s3.head_concurrency, 2 * s3.list_concurrency)
+                self._s3 = storage.make_client(s3, max_pool_connections=connections)
             return self._s3
 
     def run_job(self, job: Job, *, hold: bool = False) -> str:
@@ -306,11 +312,11 @@ class Worker:
             result = job.run(JobContext(self.settings, self.s3, self.stop_event))
         except RepairRefused as exc:
             log.error("job_failed", job=job.name, outcome="refused", duration_seconds=_since(started),
-                      error=_line(exc))
+                      error=_line(exc), **_carried_counts(exc))
             return "refused"
         except TrrAssetsError as exc:
             log.error("job_failed", job=job.name, outcome="failed", duration_seconds=_since(started),
-                      error=_line(exc))
+                      error=_line(exc), **_carried_counts(exc))
             return "failed"
         except Exception as exc:  # a bug: keep the traceback, keep the worker
             log.error("job_failed", job=job.name, outcome="failed", duration_seconds=_since(started),
@@ -428,6 +434,12 @@ def _handling_signals(handler: Callable[[int, FrameType | None], None]) -> Itera
     finally:
         for sig, old in previous.items():
             signal.signal(sig, old)
+
+
+def _carried_counts(exc: BaseException) -> dict[str, Any]:
+    """``{"counts": ...}`` when the error carries the run's report (reconcile's do)."""
+    report = getattr(exc, "summary", None)
+    return {"counts": _counts(report)} if report is not None else {}
 
 
 def _since(started: float) -> float:
