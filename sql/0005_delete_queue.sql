@@ -77,5 +77,43 @@ create trigger show_assets_cancel_delete
   referencing new table as inserted_assets
   for each statement execute function trr_assets.cancel_asset_deletes();
 
+-- The same for an UPDATE that moves a row onto a key whose deletion is
+-- queued (an operator re-pointing a row, an upsert's update arm): the row
+-- names that object again, so its deletion is cancelled. (Transition tables
+-- rule out "after update of bucket, object_key"; the join is on the unique
+-- index and the queue is small, so firing on every UPDATE costs little.)
+create trigger show_assets_cancel_delete_on_update
+  after update on core.show_assets
+  referencing new table as inserted_assets
+  for each statement execute function trr_assets.cancel_asset_deletes();
+
+-- TRUNCATE fires no DELETE trigger, yet it deletes rows (also through
+-- "truncate core.shows cascade"). Before the table is emptied, enqueue
+-- every row it holds, in the same transaction.
+create function trr_assets.enqueue_truncated_assets() returns trigger
+language plpgsql
+security definer
+set search_path = pg_catalog, pg_temp
+as $$
+begin
+  insert into trr_assets.delete_queue as q (bucket, object_key, asset_id)
+  select a.bucket, a.object_key, a.id from core.show_assets a
+  on conflict (bucket, object_key) do update
+    set asset_id = excluded.asset_id,
+        state = 'pending',
+        attempts = 0,
+        next_attempt_at = now(),
+        last_error = null,
+        enqueued_at = now(),
+        updated_at = now();
+  return null;
+end
+$$;
+
+create trigger show_assets_enqueue_truncate
+  before truncate on core.show_assets
+  for each statement execute function trr_assets.enqueue_truncated_assets();
+
 revoke all on function trr_assets.enqueue_asset_deletes() from public;
 revoke all on function trr_assets.cancel_asset_deletes() from public;
+revoke all on function trr_assets.enqueue_truncated_assets() from public;

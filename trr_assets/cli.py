@@ -89,6 +89,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(handler=_cmd_delete)
 
     p = commands.add_parser("process-deletes", help="run the queued S3 deletions once")
+    p.add_argument("--requeue-failed", action="store_true",
+                   help="first make the failed deletions pending again (attempts from zero)")
     p.set_defaults(handler=_cmd_process_deletes)
 
     p = commands.add_parser("worker", help="the daemon: sync, deletes, reconcile on their schedules")
@@ -142,18 +144,37 @@ def _cmd_presign(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def _cmd_delete(args: argparse.Namespace, settings: Settings) -> int:
+    """Unknown ids are listed in ``not_found`` (exit 0). Objects not deleted
+    yet (S3 refused, or another drain holds them) stay queued, exit 1."""
     from trr_assets import deletes
 
     report = deletes.delete_assets(settings, args.asset_ids)
     print_json(report.as_dict())
+    if report.pending or report.failed:
+        left = report.pending + report.failed
+        sys.stderr.write(
+            f"trr-assets: error: {left} object deletion(s) not done yet; they stay queued for the worker\n"
+        )
+        return 1
     return 0
 
 
 def _cmd_process_deletes(args: argparse.Namespace, settings: Settings) -> int:
+    """Exit 1 when S3 refused deletions during this run (they stay queued)."""
     from trr_assets import deletes
 
+    requeued = deletes.requeue_failed(settings) if args.requeue_failed else None
     report = deletes.drain(settings)
-    print_json(report.as_dict())
+    result = report.as_dict()
+    if requeued is not None:
+        result["requeued"] = requeued
+    print_json(result)
+    if report.errors:
+        sys.stderr.write(
+            f"trr-assets: error: S3 refused {report.errors} deletion(s) this run "
+            f"({report.gave_up} given up); see the logs\n"
+        )
+        return 1
     return 0
 
 

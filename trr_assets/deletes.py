@@ -1,0 +1,493 @@
+"""Paired deletes: the S3 side of the delete outbox.
+
+Deleting a ``core.show_assets`` row, by any path, enqueues its object in
+``trr_assets.delete_queue`` in the same transaction (triggers in
+``sql/0005_delete_queue.sql``). ``drain`` works the queue off:
+
+1. In one transaction, lock a batch of due entries (``FOR UPDATE SKIP
+   LOCKED``: concurrent drains take disjoint batches).
+2. Complete, without touching S3, any entry whose key has a row again
+   (defence in depth: the cancel triggers should already have removed it).
+3. Per bucket, call ``DeleteObjects`` with at most 1,000 keys and
+   ``Quiet=False``, and read which keys S3 confirmed and which it refused.
+4. Delete the confirmed entries; give the refused ones one more attempt
+   with exponential backoff (stored in the row), or mark them ``failed`` at
+   ``deletes.max_attempts``. Commit.
+
+Crash safety: the entries leave the queue only in the commit that follows
+S3's confirmation. A drain killed before the commit leaves them in place,
+and the next drain deletes the keys again, which S3 accepts (deleting a
+missing key succeeds).
+
+The re-upload race: the entries' row locks are held across the S3 call. A
+new row for the same key (a re-upload) fires the cancel trigger, whose
+DELETE of the entry waits on that lock, so the INSERT cannot commit until
+the drain has. The order is therefore always: old object deleted, drain
+commits, new row commits, then the uploader PUTs the new object (the
+presigned upload flow hands out the URL only after the row exists), which
+survives. A new row that commits before the drain takes the entry has
+already deleted the entry: nothing is deleted. No lock on a
+``core.show_assets`` row is ever held during an S3 call.
+"""
+
+from __future__ import annotations
+
+import re
+import time
+import uuid
+from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import psycopg
+import structlog
+
+from trr_assets import db, storage
+from trr_assets.config import DeletesSettings, Settings
+from trr_assets.errors import StorageError
+
+log = structlog.get_logger()
+
+# application_name of the drain's connection (visible in pg_stat_activity).
+DRAIN_APPLICATION_NAME = "trr-assets deletes"
+# DeleteObjects takes at most this many keys per request.
+MAX_KEYS_PER_REQUEST = 1000
+# all_versions: ListObjectVersions calls in flight at once.
+_VERSION_LISTING_THREADS = 8
+# Per-key error codes that mean the object (or version) is already gone.
+_GONE_CODES = frozenset({"NoSuchKey", "NoSuchVersion"})
+# Characters XML 1.0 cannot carry: a key holding one cannot travel in a
+# DeleteObjects body (S3 would refuse the whole request as MalformedXML,
+# failing the other 999 keys with it), so it goes alone through DeleteObject.
+_XML_UNSAFE = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\ud800-\udfff\ufffe\uffff]")
+
+
+@dataclass(frozen=True)
+class DrainReport:
+    """What one drain did, and what it left in the queue.
+
+    ``deleted``: entries completed because S3 confirmed their deletion.
+    ``failed``/``pending``: entries left in those states after the run (of
+    the whole queue, or of the requested keys). ``retried``: entries S3
+    refused this run, rescheduled with backoff. ``gave_up``: entries that
+    reached ``deletes.max_attempts`` this run and are now ``failed``.
+    ``skipped``: entries completed without an S3 call because a row for the
+    key exists again. ``requests``: ``DeleteObjects`` calls made.
+    """
+
+    deleted: int = 0
+    failed: int = 0
+    pending: int = 0
+    requests: int = 0
+    retried: int = 0
+    gave_up: int = 0
+    skipped: int = 0
+    duration_seconds: float = 0.0
+
+    @property
+    def errors(self) -> int:
+        """Deletions S3 refused during this run."""
+        return self.retried + self.gave_up
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass(frozen=True)
+class DeleteReport:
+    """What ``delete_assets`` did. ``pending``: deletions still queued (for a
+    retry by the worker); ``failed``: of those, given up on; ``not_found``:
+    the ids given that named no row (or were no UUID), as given."""
+
+    deleted_rows: int
+    deleted_objects: int
+    pending: int
+    not_found: list[str]
+    failed: int = 0
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "deleted_rows": self.deleted_rows,
+            "deleted_objects": self.deleted_objects,
+            "pending": self.pending,
+            "failed": self.failed,
+            "not_found": list(self.not_found),
+        }
+
+
+@dataclass(frozen=True, slots=True)
+class _Entry:
+    id: int
+    bucket: str
+    key: str
+    attempts: int
+
+
+@dataclass
+class _Outcome:
+    """S3's answer for a set of entries: confirmed ids, refused ids with why."""
+
+    confirmed: set[int] = field(default_factory=set)
+    refused: dict[int, str] = field(default_factory=dict)
+    in_failed_call: set[int] = field(default_factory=set)  # refused because a whole request failed
+    requests: int = 0
+
+    @property
+    def call_failed(self) -> bool:
+        """Whether a whole request failed (network, 5xx, missing bucket)."""
+        return bool(self.in_failed_call)
+
+    def refuse(self, entries: Sequence[_Entry], error: str, *, whole_call: bool = False) -> None:
+        for entry in entries:
+            self.confirmed.discard(entry.id)
+            self.refused.setdefault(entry.id, error)
+            if whole_call:
+                self.in_failed_call.add(entry.id)
+
+
+@dataclass
+class _Tally:
+    taken: int = 0
+    deleted: int = 0
+    retried: int = 0
+    gave_up: int = 0
+    skipped: int = 0
+    requests: int = 0
+
+
+@dataclass(frozen=True)
+class _Scope:
+    """The keys a drain is limited to (``keys=``), as two parallel arrays."""
+
+    buckets: list[str]
+    keys: list[str]
+
+
+# --- public API ----------------------------------------------------------------
+
+
+def drain(
+    settings: Settings,
+    *,
+    client: Any = None,
+    keys: Sequence[tuple[str, str]] | None = None,
+    limit: int | None = None,
+    should_stop: Callable[[], bool] | None = None,
+) -> DrainReport:
+    """Run the queued S3 deletions once; return what happened.
+
+    ``keys``: only the pending entries of these ``(bucket, object_key)``
+    pairs, due or not (entries another drain holds are left to it).
+    ``limit``: take at most this many entries. ``should_stop``: asked
+    between batches (the worker's shutdown flag); a batch once taken is
+    always finished. A whole ``DeleteObjects`` request that fails (network,
+    a 503 after botocore's retries, a missing bucket) counts as an attempt
+    for each of its keys, and ends the run after that batch: the rest of
+    the queue waits for the next run rather than spend attempts on an S3
+    that is not answering.
+    """
+    started = time.monotonic()
+    scope = _scope(keys)
+    tally = _Tally()
+    if scope is not None and not scope.keys:
+        return DrainReport()
+    if client is None:
+        client = storage.make_client(settings.s3)
+    seen: list[int] = []  # ids refused in this run
+    with db.connect(settings.database, autocommit=True, application_name=DRAIN_APPLICATION_NAME) as conn:
+        while limit is None or tally.taken < limit:
+            if should_stop is not None and should_stop():
+                break
+            room = settings.deletes.batch_size
+            if limit is not None:
+                room = min(room, limit - tally.taken)
+            taken, call_failed = _drain_batch(conn, client, settings.deletes, scope, seen, room, tally)
+            if not taken or call_failed:
+                break
+        pending, failed = _queue_counts(conn, scope)
+    report = DrainReport(
+        deleted=tally.deleted,
+        failed=failed,
+        pending=pending,
+        requests=tally.requests,
+        retried=tally.retried,
+        gave_up=tally.gave_up,
+        skipped=tally.skipped,
+        duration_seconds=round(time.monotonic() - started, 3),
+    )
+    if tally.taken:
+        log.info("deletes_drained", **report.as_dict())
+    else:
+        log.debug("deletes_drained", **report.as_dict())
+    return report
+
+
+def delete_assets(settings: Settings, asset_ids: Sequence[str], *, client: Any = None) -> DeleteReport:
+    """Delete these asset rows, then drain their queued objects at once.
+
+    The rows go in one transaction (the trigger enqueues their objects in
+    it); an id that is no UUID or names no row is reported in
+    ``not_found`` and does not stop the others. Objects S3 refuses stay
+    queued for the worker's retries (``pending``).
+    """
+    parsed: dict[str, uuid.UUID | None] = {}
+    for given in asset_ids:
+        parsed.setdefault(given, _parse_uuid(given))
+    wanted = sorted({value for value in parsed.values() if value is not None})
+    rows: list[tuple[uuid.UUID, str, str]] = []
+    if wanted:
+        with db.connect(settings.database, autocommit=True) as conn, db.wrap_errors("delete: cannot delete the rows"):
+            with conn.transaction():
+                rows = conn.execute(db.query("delete_asset_rows"), {"ids": wanted}).fetchall()
+    found = {row[0] for row in rows}
+    not_found = [given for given, value in parsed.items() if value not in found]
+    log.info("asset_rows_deleted", rows=len(rows), not_found=len(not_found))
+    if not rows:
+        return DeleteReport(deleted_rows=0, deleted_objects=0, pending=0, not_found=not_found)
+    drained = drain(settings, client=client, keys=[(bucket, key) for _, bucket, key in rows])
+    return DeleteReport(
+        deleted_rows=len(rows),
+        deleted_objects=drained.deleted,
+        pending=drained.pending,
+        failed=drained.failed,
+        not_found=not_found,
+    )
+
+
+def requeue_failed(settings: Settings, *, bucket: str | None = None) -> int:
+    """Make failed entries pending again, due now, attempts from zero.
+
+    The operator's way back after fixing what made S3 refuse (a policy, a
+    missing bucket). Returns how many entries were requeued.
+    """
+    with (
+        db.connect(settings.database, autocommit=True) as conn,
+        db.wrap_errors("deletes: cannot requeue failed entries"),
+    ):
+        count = conn.execute(db.query("requeue_failed_deletes"), {"bucket": bucket}).rowcount
+    log.info("deletes_requeued", count=count, bucket=bucket)
+    return max(count, 0)
+
+
+# --- one batch -----------------------------------------------------------------
+
+
+def _drain_batch(
+    conn: psycopg.Connection[Any],
+    client: Any,
+    config: DeletesSettings,
+    scope: _Scope | None,
+    seen: list[int],
+    room: int,
+    tally: _Tally,
+) -> tuple[int, bool]:
+    """Lock up to ``room`` entries, delete their objects, record the outcome
+    in the same transaction. Returns (entries taken, whether a whole S3
+    request failed)."""
+    with db.wrap_errors("deletes: drain"), conn.transaction():
+        entries = _take(conn, scope, seen, room)
+        if not entries:
+            return 0, False
+        live = {row[0] for row in conn.execute(db.query("live_rows_of_entries"), {"ids": [e.id for e in entries]})}
+        for entry in entries:
+            if entry.id in live:
+                log.warning("delete_skipped_live_row", bucket=entry.bucket, key=entry.key)
+        outcome = _delete_objects(client, [e for e in entries if e.id not in live], all_versions=config.all_versions)
+        # Only now, with S3's answer in hand, do entries leave the queue; if
+        # this transaction never commits, they are all still there.
+        done = sorted(outcome.confirmed | live)
+        if done:
+            conn.execute(db.query("complete_deletes"), {"ids": done})
+        rescheduled = _reschedule(conn, config, outcome.refused)
+    # Rescheduled entries may be due again at once (no backoff configured):
+    # they wait for the next run. Completed ones are gone from the table.
+    seen.extend(outcome.refused)
+    tally.taken += len(entries)
+    tally.deleted += len(outcome.confirmed)
+    tally.skipped += len(live)
+    tally.requests += outcome.requests
+    _report_refused(rescheduled, outcome, tally)
+    return len(entries), outcome.call_failed
+
+
+def _take(conn: psycopg.Connection[Any], scope: _Scope | None, seen: list[int], room: int) -> list[_Entry]:
+    """Lock the next entries (due ones, or those of ``scope``)."""
+    if scope is None:
+        params: dict[str, Any] = {"seen": seen, "limit": room}
+        rows = conn.execute(db.query("take_due_deletes"), params).fetchall()
+    else:
+        params = {"buckets": scope.buckets, "keys": scope.keys, "seen": seen, "limit": room}
+        rows = conn.execute(db.query("take_key_deletes"), params).fetchall()
+    return [_Entry(*row) for row in rows]
+
+
+def _reschedule(
+    conn: psycopg.Connection[Any], config: DeletesSettings, refused: dict[int, str]
+) -> list[tuple[Any, ...]]:
+    """One more attempt for each refused entry: backoff, or 'failed'."""
+    if not refused:
+        return []
+    ids = sorted(refused)
+    params = {
+        "ids": ids,
+        "errors": [refused[i] for i in ids],
+        "max_attempts": config.max_attempts,
+        "base": config.backoff_base_seconds,
+        "max": config.backoff_max_seconds,
+    }
+    return conn.execute(db.query("reschedule_deletes"), params).fetchall()
+
+
+def _report_refused(rescheduled: Sequence[tuple[Any, ...]], outcome: _Outcome, tally: _Tally) -> None:
+    for entry_id, bucket, key, attempts, state, next_attempt_at in rescheduled:
+        error = outcome.refused[entry_id]
+        if state == "failed":
+            tally.gave_up += 1
+            log.error("delete_gave_up", bucket=bucket, key=key, attempts=attempts, error=error)
+        else:
+            tally.retried += 1
+            # A failed request is logged once (delete_objects_failed), not per key.
+            emit = log.debug if entry_id in outcome.in_failed_call else log.warning
+            emit("delete_retry_scheduled", bucket=bucket, key=key, attempts=attempts,
+                 next_attempt_at=next_attempt_at.isoformat(), error=error)
+
+
+# --- S3 --------------------------------------------------------------------------
+
+
+def _delete_objects(client: Any, entries: Sequence[_Entry], *, all_versions: bool) -> _Outcome:
+    """Delete the entries' objects, per bucket, and say which S3 confirmed."""
+    outcome = _Outcome()
+    by_bucket: dict[str, list[_Entry]] = {}
+    for entry in entries:
+        by_bucket.setdefault(entry.bucket, []).append(entry)
+    for bucket, group in by_bucket.items():
+        targets = _targets(client, bucket, group, outcome) if all_versions else [(e, {"Key": e.key}) for e in group]
+        pending = {e.id for e, _ in targets}
+        # Entries with nothing to delete (no version left) are done already.
+        outcome.confirmed.update(e.id for e in group if e.id not in pending and e.id not in outcome.refused)
+        safe = [t for t in targets if not _XML_UNSAFE.search(t[1]["Key"])]
+        unsafe = [t for t in targets if _XML_UNSAFE.search(t[1]["Key"])]
+        for start in range(0, len(safe), MAX_KEYS_PER_REQUEST):
+            _delete_chunk(client, bucket, safe[start : start + MAX_KEYS_PER_REQUEST], outcome)
+        for target in unsafe:
+            _delete_one(client, bucket, target, outcome)
+    return outcome
+
+
+def _targets(
+    client: Any, bucket: str, group: Sequence[_Entry], outcome: _Outcome
+) -> list[tuple[_Entry, dict[str, str]]]:
+    """Every version and delete marker of each entry's key (``all_versions``).
+
+    One listing per key, a few at a time: the batch's locks are held
+    meanwhile, so the listings should not take longer than they must.
+    """
+
+    def listed(entry: _Entry) -> list[str] | StorageError:
+        try:
+            return list(_versions_of(client, bucket, entry.key))
+        except StorageError as exc:
+            return exc
+
+    targets: list[tuple[_Entry, dict[str, str]]] = []
+    with ThreadPoolExecutor(max_workers=_VERSION_LISTING_THREADS, thread_name_prefix="trr-versions") as pool:
+        for entry, versions in zip(group, pool.map(listed, group), strict=True):
+            if isinstance(versions, StorageError):
+                log.warning("list_object_versions_failed", bucket=bucket, key=entry.key, error=str(versions))
+                outcome.refuse([entry], str(versions), whole_call=True)
+                continue
+            targets.extend((entry, {"Key": entry.key, "VersionId": version}) for version in versions)
+    return targets
+
+
+def _versions_of(client: Any, bucket: str, key: str) -> Iterator[str]:
+    """The version ids (delete markers included) of exactly ``key``."""
+    params: dict[str, Any] = {"Bucket": bucket, "Prefix": key}
+    while True:
+        with storage.wrap_errors("list object versions", bucket):
+            page = client.list_object_versions(**params)
+        for item in [*page.get("Versions", ()), *page.get("DeleteMarkers", ())]:
+            if item["Key"] == key:
+                yield item["VersionId"]
+        # Listings are in key order and ``key`` sorts first among the keys it
+        # prefixes: once the listing has moved past it, it is done.
+        if not page.get("IsTruncated") or page.get("NextKeyMarker") != key:
+            return
+        params["KeyMarker"] = page["NextKeyMarker"]
+        params["VersionIdMarker"] = page["NextVersionIdMarker"]
+
+
+def _delete_chunk(
+    client: Any, bucket: str, chunk: Sequence[tuple[_Entry, dict[str, str]]], outcome: _Outcome
+) -> None:
+    """One DeleteObjects request; an entry is confirmed when every object of
+    it in the request is reported deleted (or already gone)."""
+    by_key = {target[1]["Key"]: target[0] for target in chunk}
+    outcome.requests += 1
+    try:
+        with storage.wrap_errors("delete objects", bucket):
+            answer = client.delete_objects(
+                Bucket=bucket, Delete={"Objects": [obj for _, obj in chunk], "Quiet": False}
+            )
+    except StorageError as exc:
+        log.warning("delete_objects_failed", bucket=bucket, keys=len(chunk), error=str(exc))
+        outcome.refuse([entry for entry, _ in chunk], str(exc), whole_call=True)
+        return
+    confirmed: set[tuple[str, str | None]] = set()
+    for item in answer.get("Deleted", ()):
+        confirmed.add((item.get("Key", ""), item.get("VersionId")))
+    for item in answer.get("Errors", ()):
+        key, code = item.get("Key", ""), item.get("Code", "")
+        if code in _GONE_CODES:
+            confirmed.add((key, item.get("VersionId")))
+        elif key in by_key:
+            outcome.refuse([by_key[key]], f"{code}: {item.get('Message') or code}")
+    for entry, obj in chunk:
+        if entry.id in outcome.refused:
+            continue
+        if (obj["Key"], obj.get("VersionId")) in confirmed or (obj["Key"], None) in confirmed:
+            outcome.confirmed.add(entry.id)
+        else:
+            outcome.refuse([entry], "s3: delete objects: the response did not confirm this key")
+
+
+def _delete_one(client: Any, bucket: str, target: tuple[_Entry, dict[str, str]], outcome: _Outcome) -> None:
+    """DeleteObject for a key that cannot travel in a DeleteObjects body."""
+    entry, obj = target
+    try:
+        with storage.wrap_errors("delete object", bucket):
+            client.delete_object(Bucket=bucket, **obj)
+    except StorageError as exc:
+        if storage.error_code(exc.__cause__ or exc) in _GONE_CODES:
+            outcome.confirmed.add(entry.id)
+            return
+        outcome.refuse([entry], str(exc))
+        return
+    if entry.id not in outcome.refused:
+        outcome.confirmed.add(entry.id)
+
+
+# --- helpers ---------------------------------------------------------------------
+
+
+def _queue_counts(conn: psycopg.Connection[Any], scope: _Scope | None) -> tuple[int, int]:
+    params = {"buckets": None, "keys": None} if scope is None else {"buckets": scope.buckets, "keys": scope.keys}
+    with db.wrap_errors("deletes: cannot count the queue"):
+        row = conn.execute(db.query("queue_counts"), params).fetchone()
+    return (int(row[0]), int(row[1])) if row else (0, 0)
+
+
+def _scope(keys: Sequence[tuple[str, str]] | None) -> _Scope | None:
+    if keys is None:
+        return None
+    unique = sorted(set(keys))
+    return _Scope([bucket for bucket, _ in unique], [key for _, key in unique])
+
+
+def _parse_uuid(text: str) -> uuid.UUID | None:
+    try:
+        return uuid.UUID(text.strip())
+    except ValueError:
+        return None
