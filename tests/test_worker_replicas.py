@@ -25,6 +25,11 @@ pytestmark = pytest.mark.slow
 RECONCILE_EVERY = 3  # seconds, worker.reconcile_interval_seconds in these tests
 
 
+@pytest.fixture(autouse=True)
+def _fake_aws(aws_env: None) -> None:
+    """The test's own S3 client signs with the same fake credentials as the workers."""
+
+
 def _upload(s3: Any, bucket: str, keys: list[str]) -> None:
     for key in keys:
         s3.put_object(Bucket=bucket, Key=key, Body=f"body of {key}".encode(), ContentType="image/jpeg")
@@ -206,6 +211,29 @@ def test_sigterm_with_a_sync_stuck_past_the_timeout_still_exits_0_and_releases_t
     assert _row_keys(conn, bucket) == expected
 
 
+def test_sigterm_during_once_finishes_the_running_job_skips_the_rest_and_exits_0(db_url, conn, tmp_path):
+    bucket = "trr-once-stop"
+    with moto_server() as endpoint:
+        s3 = s3_client(endpoint)
+        _plant(conn, s3, bucket, objects=3)
+        env = worker_env(db_url, endpoint, bucket)
+        with psycopg.connect(db_url) as blocker:
+            blocker.execute("lock table core.show_assets in access exclusive mode")
+            once = Process(["worker", "--once"], env, tmp_path / "once.log")
+            try:
+                wait_until(lambda: _blocked_backends(conn) > 0, "a sync waiting on the table", watch=[once])
+                once.signal()
+                time.sleep(0.5)
+                blocker.rollback()
+                code = once.wait(10)
+            finally:
+                once.stop()
+    assert code == 0
+    assert [e["job"] for e in once.events("job_finished")] == ["sync"]
+    assert [(e["job"], e["reason"]) for e in once.events("job_skipped")] == [
+        ("deletes", "stopping"), ("reconcile", "stopping")]
+
+
 # --- a PostgreSQL restart ----------------------------------------------------------------
 
 
@@ -239,7 +267,7 @@ def own_server(tmp_path: Path) -> Any:
         server.cleanup()
 
 
-def test_the_worker_survives_a_postgresql_restart_and_resumes(own_server, tmp_path, aws_env):
+def test_the_worker_survives_a_postgresql_restart_and_resumes(own_server, tmp_path):
     url = own_server.get_uri()
     db.migrate(DatabaseSettings(url=url))
     bucket = "trr-restart"

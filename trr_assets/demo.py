@@ -243,6 +243,9 @@ class _Demo:
         self.cli("sync")
         self.plant_drift()
         self.cli("reconcile", "--dry-run")
+        _say("\n  The four planted drifts: two orphaned objects (one under a show id no show has),"
+             "\n  an orphaned row and a mismatch. `trr-assets reconcile --repair` acts on them as"
+             "\n  the reconcile.* policies say; a dry run, the default, touches nothing.")
         self.presign_and_fetch()
 
     def cli(self, *args: str) -> None:
