@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+import tempfile
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -37,7 +38,7 @@ def _reset_logging() -> Iterator[None]:
 
 
 @pytest.fixture(scope="session")
-def pg_admin_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+def pg_admin_url() -> Iterator[str]:
     """Admin URL of the test cluster (maintenance database ``postgres``)."""
     url = os.environ.get("TRR_ASSETS_TEST_DATABASE_URL")
     if url:
@@ -45,7 +46,9 @@ def pg_admin_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
         return
     import pgserver
 
-    server = pgserver.get_server(str(tmp_path_factory.mktemp("pgdata")), cleanup_mode="delete")
+    # Not under pytest's basetemp: a concurrent pytest run prunes old
+    # basetemp folders, and would delete a running server's data under it.
+    server = pgserver.get_server(tempfile.mkdtemp(prefix="trr-assets-pg-"), cleanup_mode="delete")
     try:
         yield server.get_uri()
     finally:

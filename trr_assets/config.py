@@ -156,6 +156,8 @@ class PresignSettings:
     cache_window_seconds: int = _setting(0, _between(0, SIGV4_MAX_EXPIRES_SECONDS))
     max_upload_bytes: int = _setting(104857600, _between(1, 5 * 1024**4))
     allowed_content_types: list[str] = _setting(["image/*", "video/*"], _check_content_types)
+    # Where upload_url puts new objects; empty: the first of s3.buckets.
+    upload_bucket: str = _setting("", lambda v: _check_buckets([v]) if v else None)
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -49,6 +49,11 @@ class AssetNotFound(TrrAssetsError, LookupError):
     """No row the caller may see has this id."""
 
 
+class UploadRefused(TrrAssetsError):
+    """``upload_url`` refused an upload (size, content type, rights, no such
+    show); no row was written."""
+
+
 class DriftFound(TrrAssetsError):
     """``reconcile --exit-code`` found drift (exit 3)."""
 

@@ -1,0 +1,778 @@
+"""Presigned URLs for web servers: RLS-checked, batched, cache-friendly, fast.
+
+The rows decide visibility: a URL is made only for an asset whose row exists
+and, given a caller's JWT claims, only when Row Level Security lets that
+caller select it. The check runs in the database the way PostgREST runs a
+request: in one transaction, ``set local role`` to the claims' role and
+``request.jwt.claims`` to the claims, select, end the transaction (which
+resets both). The pool's connection user owns the tables and so bypasses
+RLS; the role switch is what makes RLS apply. Without claims the caller is
+the service itself.
+
+URLs are SigV4 query-signed here rather than by botocore, whose
+``generate_presigned_url`` spends most of its ~0.4 ms per URL resolving the
+endpoint. ``QuerySigner`` asks botocore once per bucket where the bucket
+lives (URL prefix, host, signing region) and then signs each URL itself with
+a per-day signing key; the result is byte for byte what botocore would make
+(tests/test_presign_sigv4.py proves it). The S3 client and its credentials
+still come from boto3 (``storage.make_client``), so profiles, roles and
+refreshing credentials keep working.
+
+Importing this module is cheap: boto3, botocore, psycopg and psycopg_pool
+are imported on first use, and the DB pool and the S3 client are made then,
+once, and shared by every thread.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import json
+import math
+import os
+import re
+import threading
+import time
+import unicodedata
+import uuid
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from typing import TYPE_CHECKING, Any
+from urllib.parse import quote, unquote, urlsplit
+
+import structlog
+
+from trr_assets.config import SIGV4_MAX_EXPIRES_SECONDS, Settings, load_settings
+from trr_assets.errors import (
+    AssetNotFound,
+    ConfigError,
+    StorageError,
+    TrrAssetsError,
+    UploadRefused,
+    UsageError,
+)
+
+if TYPE_CHECKING:
+    import psycopg
+    from psycopg_pool import ConnectionPool
+
+__all__ = [
+    "AssetNotFound",
+    "MAX_BATCH",
+    "Presigner",
+    "QuerySigner",
+    "UploadGrant",
+    "UploadRefused",
+    "cli_url",
+    "safe_filename",
+    "signing_window",
+]
+
+log = structlog.get_logger()
+
+MAX_BATCH = 1000  # ids per get_urls call
+MAX_SINGLE_PUT_BYTES = 5 * 1024**3  # S3 refuses a single PUT above 5 GiB
+CLAIM_ROLES = ("anon", "authenticated", "service_role")  # the roles claims may name
+
+_ALGORITHM = "AWS4-HMAC-SHA256"
+_UNSIGNED_PAYLOAD = "UNSIGNED-PAYLOAD"
+_QUERY_SAFE = "-_.~"  # botocore's percent_encode: everything else is escaped
+_KEY_SAFE = "/~"  # botocore's greedy {Key+} label
+_METHODS = {"get": "GET", "put": "PUT", "GET": "GET", "PUT": "PUT"}
+_CONTENT_TYPE = re.compile(r"[a-z0-9!#$&^_.+-]+/[a-z0-9!#$&^_.+-]+")
+_SENTINEL_KEY = "k"
+
+
+# --- SigV4 query signing -------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class _Endpoint:
+    """Where one bucket's objects live, as botocore resolved it."""
+
+    base: str  # scheme://netloc/path-prefix: the URL up to the encoded key
+    path: str  # the path prefix alone; the canonical URI is path + encoded key
+    host: str  # the host header botocore signs (lowercase, no default port)
+    region: str  # the signing region
+    host_header: str  # "host:<host>\n", the canonical headers' last line
+
+
+@dataclass(frozen=True, slots=True)
+class _Signing:
+    """What one set of credentials signs with on one day in one region.
+
+    Holds the per-day signing key as the two SHA-256 states HMAC starts from
+    (key XOR ipad, key XOR opad), so a signature costs two hash copies and no
+    key derivation; and the credential and token query values, encoded once.
+    """
+
+    scope: str  # day/region/s3/aws4_request
+    credential: str  # X-Amz-Credential, percent-encoded
+    token: str | None  # X-Amz-Security-Token, percent-encoded
+    inner: Any
+    outer: Any
+
+    @classmethod
+    def derive(cls, access_key: str, secret_key: str, token: str | None, *, day: str, region: str) -> _Signing:
+        key = hmac.digest(("AWS4" + secret_key).encode(), day.encode(), "sha256")
+        for part in (region, "s3", "aws4_request"):
+            key = hmac.digest(key, part.encode(), "sha256")
+        block = key.ljust(64, b"\0")  # SHA-256's block size; a 32-byte key is padded, never hashed
+        scope = f"{day}/{region}/s3/aws4_request"
+        return cls(
+            scope=scope,
+            credential=quote(f"{access_key}/{scope}", safe=_QUERY_SAFE),
+            token=None if token is None else quote(token, safe=_QUERY_SAFE),
+            inner=hashlib.sha256(bytes(b ^ 0x36 for b in block)),
+            outer=hashlib.sha256(bytes(b ^ 0x5C for b in block)),
+        )
+
+    def signature(self, string_to_sign: bytes) -> str:
+        """HMAC-SHA256 of ``string_to_sign`` under the signing key, in hex."""
+        inner = self.inner.copy()
+        inner.update(string_to_sign)
+        outer = self.outer.copy()
+        outer.update(inner.digest())
+        return outer.hexdigest()
+
+
+def _host_from_url(url: str) -> str:
+    """The host header value botocore signs: lowercase, default port dropped."""
+    parts = urlsplit(url)
+    host = parts.hostname or ""
+    if ":" in host:  # an IPv6 literal
+        host = f"[{host}]"
+    if parts.port is not None and parts.port != {"http": 80, "https": 443}.get(parts.scheme):
+        host = f"{host}:{parts.port}"
+    return host
+
+
+class QuerySigner:
+    """SigV4 presigned S3 URLs, byte-identical to botocore's, much faster.
+
+    ``client`` is a SigV4 botocore S3 client (``storage.make_client``). Its
+    endpoint resolution runs once per bucket; its credentials are read again
+    at most every ``credentials_ttl`` seconds (refreshable credentials refresh
+    well before they expire, so a short cache never signs with dead keys).
+    Thread-safe.
+    """
+
+    _MAX_CACHED = 256
+
+    def __init__(self, client: Any, *, credentials_ttl: float = 1.0) -> None:
+        self._client = client
+        self._credentials_ttl = credentials_ttl
+        self._endpoints: dict[str, _Endpoint] = {}
+        self._signings: dict[tuple[tuple[str, str, str | None], str, str], _Signing] = {}
+        self._credentials_cache: tuple[float, tuple[str, str, str | None]] = (-math.inf, ("", "", None))
+        self._amz_date_cache: tuple[int, str] = (-1, "")
+        self._lock = threading.Lock()
+
+    def sign(
+        self,
+        method: str,
+        bucket: str,
+        key: str,
+        *,
+        expires: int,
+        signed_at: int,
+        content_type: str | None = None,
+        content_length: int | None = None,
+    ) -> str:
+        """The presigned URL: ``method`` is ``GET`` or ``PUT``, ``signed_at``
+        the signing time in whole seconds since the epoch. A PUT may bind a
+        content type and length: they become signed headers, and S3 refuses a
+        request whose headers differ."""
+        endpoint = self._endpoints.get(bucket) or self._resolve(bucket)
+        amz_date = self._amz_date(signed_at)
+        signing = self._signing(amz_date[:8], endpoint.region)
+        encoded_key = quote(key, safe=_KEY_SAFE)
+        query, canonical = _canonical_request(
+            method, endpoint, encoded_key, amz_date, signing, expires, content_type, content_length
+        )
+        digest = hashlib.sha256(canonical.encode()).hexdigest()
+        signature = signing.signature(f"{_ALGORITHM}\n{amz_date}\n{signing.scope}\n{digest}".encode())
+        return f"{endpoint.base}{encoded_key}?{query}&X-Amz-Signature={signature}"
+
+    def canonical_request(
+        self,
+        method: str,
+        bucket: str,
+        key: str,
+        *,
+        expires: int,
+        signed_at: int,
+        content_type: str | None = None,
+        content_length: int | None = None,
+    ) -> str:
+        """The SigV4 canonical request ``sign`` signs (for inspection and tests)."""
+        endpoint = self._endpoints.get(bucket) or self._resolve(bucket)
+        amz_date = self._amz_date(signed_at)
+        signing = self._signing(amz_date[:8], endpoint.region)
+        encoded_key = quote(key, safe=_KEY_SAFE)
+        return _canonical_request(
+            method, endpoint, encoded_key, amz_date, signing, expires, content_type, content_length
+        )[1]
+
+    def _amz_date(self, signed_at: int) -> str:
+        second, text = self._amz_date_cache
+        if second != signed_at:
+            text = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime(signed_at))
+            self._amz_date_cache = (signed_at, text)
+        return text
+
+    def _signing(self, day: str, region: str) -> _Signing:
+        """The signing state of the current credentials for one day and region."""
+        # One read of the credentials per URL: key id, secret and token match.
+        credentials = self._credentials()
+        cache_key = (credentials, day, region)
+        signing = self._signings.get(cache_key)
+        if signing is None:
+            signing = _Signing.derive(*credentials, day=day, region=region)
+            if len(self._signings) >= self._MAX_CACHED:
+                self._signings.clear()
+            self._signings[cache_key] = signing
+        return signing
+
+    def _credentials(self) -> tuple[str, str, str | None]:
+        """(access key, secret key, session token) from the client, cached briefly."""
+        fetched_at, frozen = self._credentials_cache
+        now = time.monotonic()
+        if now - fetched_at < self._credentials_ttl:
+            return frozen
+        from trr_assets import storage
+
+        # The object the client itself signs with: static, or refreshing
+        # (assumed roles, instance profiles, SSO), refreshed by botocore here.
+        credentials = self._client._request_signer._credentials
+        if credentials is None:
+            raise StorageError("s3: cannot presign: no AWS credentials found")
+        with storage.wrap_errors("read AWS credentials"):
+            current = credentials.get_frozen_credentials()
+        frozen = (current.access_key, current.secret_key, current.token)
+        self._credentials_cache = (now, frozen)
+        return frozen
+
+    def _resolve(self, bucket: str) -> _Endpoint:
+        """Ask botocore once where ``bucket`` lives: URL prefix, host, region."""
+        from trr_assets import storage
+
+        with self._lock:
+            endpoint = self._endpoints.get(bucket)
+            if endpoint is not None:
+                return endpoint
+            with storage.wrap_errors("presign", bucket):
+                url = self._client.generate_presigned_url(
+                    "get_object", Params={"Bucket": bucket, "Key": _SENTINEL_KEY}, ExpiresIn=1
+                )
+            parts = urlsplit(url)
+            query = dict(pair.partition("=")[::2] for pair in parts.query.split("&"))
+            if query.get("X-Amz-Algorithm") != _ALGORITHM or not parts.path.endswith("/" + _SENTINEL_KEY):
+                raise StorageError(f"s3: the client for bucket {bucket} does not make SigV4 URLs")
+            path = parts.path[: -len(_SENTINEL_KEY)]
+            host = _host_from_url(url)
+            endpoint = _Endpoint(
+                base=f"{parts.scheme}://{parts.netloc}{path}",
+                path=path,
+                host=host,
+                region=unquote(query["X-Amz-Credential"]).split("/")[2],
+                host_header=f"host:{host}\n",
+            )
+            if len(self._endpoints) >= self._MAX_CACHED:
+                self._endpoints.clear()
+            self._endpoints[bucket] = endpoint
+            return endpoint
+
+
+def _canonical_request(
+    method: str,
+    endpoint: _Endpoint,
+    encoded_key: str,
+    amz_date: str,
+    signing: _Signing,
+    expires: int,
+    content_type: str | None,
+    content_length: int | None,
+) -> tuple[str, str]:
+    """(URL query string, SigV4 canonical request), exactly as botocore makes them.
+
+    botocore writes the URL's query in insertion order (the security token
+    after the signed headers) but signs it sorted by name (the token before
+    them); both orders are reproduced. Header values are trimmed and their
+    inner runs of spaces squeezed, as SigV4 requires.
+    """
+    headers = endpoint.host_header
+    signed_headers = "host"
+    if content_type is not None:
+        headers = f"content-type:{' '.join(content_type.split())}\n" + headers
+        signed_headers = "content-type;" + signed_headers
+    if content_length is not None:  # sorted by name: content-length < content-type < host
+        headers = f"content-length:{int(content_length)}\n" + headers
+        signed_headers = "content-length;" + signed_headers
+    head = (
+        f"X-Amz-Algorithm={_ALGORITHM}&X-Amz-Credential={signing.credential}"
+        f"&X-Amz-Date={amz_date}&X-Amz-Expires={expires}"
+    )
+    signed_param = "X-Amz-SignedHeaders=" + signed_headers.replace(";", "%3B")
+    if signing.token is None:
+        query = canonical_query = f"{head}&{signed_param}"
+    else:
+        query = f"{head}&{signed_param}&X-Amz-Security-Token={signing.token}"
+        canonical_query = f"{head}&X-Amz-Security-Token={signing.token}&{signed_param}"
+    canonical = (
+        f"{method}\n{endpoint.path}{encoded_key}\n{canonical_query}\n"
+        f"{headers}\n{signed_headers}\n{_UNSIGNED_PAYLOAD}"
+    )
+    return query, canonical
+
+
+def signing_window(now: float, expires: int, window: int) -> tuple[int, int]:
+    """(signing time, X-Amz-Expires) for a URL that must live ``expires`` seconds.
+
+    With a cache window the signing time is ``now`` rounded down to a multiple
+    of ``window``, and X-Amz-Expires is ``expires + window``: constant over
+    the window, so every URL for one key made in the window is the same
+    (browsers and CDNs can cache it), and it outlives ``now + expires``
+    wherever ``now`` falls in the window. SigV4 caps X-Amz-Expires at 7 days,
+    so the window shrinks to ``604800 - expires`` when needed (to nothing at
+    ``expires = 604800``): the lifetime is never cut short.
+    """
+    second = int(now)
+    window = min(window, SIGV4_MAX_EXPIRES_SECONDS - expires)
+    if window <= 1:
+        return second, expires
+    return second - second % window, expires + window
+
+
+# --- claims --------------------------------------------------------------------
+
+
+def _claims_role(claims: Mapping[str, Any]) -> str:
+    """The database role a request with these claims runs as (PostgREST's rule:
+    the ``role`` claim, or ``anon`` when there is none). Only the API roles are
+    accepted: a claim naming any other role (the table owner, say) is refused."""
+    if not isinstance(claims, Mapping):
+        raise ValueError("claims must be a mapping of JWT claims")
+    role = claims.get("role", "anon")
+    if role not in CLAIM_ROLES:
+        shown = role if isinstance(role, str) and len(role) <= 64 else type(role).__name__
+        raise ValueError(f"claims role {shown!r} is not one of {', '.join(CLAIM_ROLES)}")
+    return str(role)
+
+
+def _claims_json(claims: Mapping[str, Any]) -> str:
+    try:
+        return json.dumps(dict(claims), separators=(",", ":"))
+    except (TypeError, ValueError) as exc:
+        raise ValueError(f"claims must be JSON-serializable ({exc})") from None
+
+
+def _parse_uuid(value: object, what: str) -> uuid.UUID:
+    if isinstance(value, uuid.UUID):
+        return value
+    if isinstance(value, str) and len(value) <= 64:
+        try:
+            return uuid.UUID(value)
+        except ValueError:
+            pass
+    shown = repr(value) if isinstance(value, str) and len(value) <= 64 else type(value).__name__
+    raise ValueError(f"{what} {shown} is not a UUID")
+
+
+# --- uploads -------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class UploadGrant:
+    """A presigned PUT for a new asset whose row is already recorded.
+
+    The client must send ``headers`` (the signed content type and length)
+    with the PUT; S3 refuses the upload otherwise. ``expires_at`` is when the
+    URL stops working (UTC).
+    """
+
+    asset_id: uuid.UUID
+    bucket: str
+    key: str
+    url: str
+    headers: dict[str, str] = field(hash=False)
+    expires_at: datetime
+
+
+def safe_filename(filename: str, *, max_length: int = 100) -> str:
+    """``filename`` made safe for the last segment of an object key.
+
+    Only the last path component is kept; anything but letters, digits,
+    ``-``, ``_`` and single dots becomes ``-`` (so no ``/``, ``\\``, ``..``,
+    control or invisible formatting characters survive); the extension is
+    kept (ASCII letters and digits, at most 16); an empty stem becomes
+    ``file``.
+    """
+    if not isinstance(filename, str):
+        raise ValueError("filename must be a string")
+    name = re.split(r"[/\\]", unicodedata.normalize("NFC", filename))[-1]
+    stem, dot, extension = name.rpartition(".")
+    if not dot:
+        stem, extension = name, ""
+    stem = "".join(c if c.isalnum() or c in "-_." else "-" for c in stem)
+    stem = re.sub(r"-{2,}", "-", re.sub(r"\.{2,}", ".", stem)).strip("-_.")[:max_length].rstrip("-_.")
+    extension = re.sub(r"[^0-9A-Za-z]", "", extension)[:16]
+    return (stem or "file") + ("." + extension if extension else "")
+
+
+def _checked_content_type(content_type: object, allowed: Iterable[str]) -> str:
+    if not isinstance(content_type, str) or not _CONTENT_TYPE.fullmatch(content_type.lower()):
+        raise ValueError("content_type must be a bare type/subtype such as image/png")
+    normalized = content_type.lower()
+    kind = normalized.partition("/")[0]
+    for pattern in allowed:
+        pattern = pattern.lower()
+        if pattern == normalized or (pattern.endswith("/*") and pattern[:-2] == kind):
+            return normalized
+    raise UploadRefused(
+        f"upload refused: content type {normalized} is not allowed (presign.allowed_content_types)"
+    )
+
+
+def _checked_size(size_bytes: object, maximum: int) -> int:
+    if isinstance(size_bytes, bool) or not isinstance(size_bytes, int) or size_bytes < 0:
+        raise ValueError("size_bytes must be a whole number >= 0")
+    if size_bytes > maximum:
+        raise UploadRefused(
+            f"upload refused: {size_bytes} bytes is more than presign.max_upload_bytes ({maximum})"
+        )
+    if size_bytes > MAX_SINGLE_PUT_BYTES:
+        raise UploadRefused(f"upload refused: a single PUT carries at most {MAX_SINGLE_PUT_BYTES} bytes")
+    return size_bytes
+
+
+# --- the presigner -------------------------------------------------------------
+
+
+class Presigner:
+    """Presigned URLs for the assets a caller may see, and uploads it may make.
+
+    No I/O in the constructor: the DB pool and the S3 client are made on
+    first use, once, and shared by all threads. ``close()`` (or ``with``)
+    releases them.
+    """
+
+    def __init__(self, settings: Settings, *, clock: Callable[[], float] = time.time) -> None:
+        self.settings = settings
+        self._clock = clock
+        self._lock = threading.Lock()
+        self._pool: ConnectionPool | None = None
+        self._signer: QuerySigner | None = None
+        self._client: Any = None
+        self._closed = False
+
+    @classmethod
+    def from_config(cls, path: str | os.PathLike[str] | None = None) -> Presigner:
+        """A presigner with the settings found as the CLI finds them."""
+        return cls(load_settings(path))
+
+    def __enter__(self) -> Presigner:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        """Close the pool and the S3 client; the presigner cannot be used after."""
+        with self._lock:
+            self._closed = True
+            pool, client = self._pool, self._client
+            self._pool = self._signer = self._client = None
+        if pool is not None:
+            pool.close()
+        if client is not None:
+            client.close()
+
+    # -- reading -------------------------------------------------------------
+
+    def get_url(self, asset_id: str | uuid.UUID, claims: Mapping[str, Any] | None = None) -> str:
+        """A presigned GET for one asset the caller may see.
+
+        ``AssetNotFound`` when there is no such row, when RLS hides it from
+        the caller, and also when the id is not a UUID or the claims name a
+        role other than anon, authenticated or service_role: a web server maps
+        the one exception to 404, and no URL ever leaves.
+        """
+        try:
+            wanted = _parse_uuid(asset_id, "asset id")
+            if claims is not None:
+                _claims_role(claims)
+        except ValueError as exc:
+            raise AssetNotFound(f"no visible asset: {exc}") from None
+        rows = self._select("presign_find_asset", {"id": wanted}, claims)
+        if not rows:
+            raise AssetNotFound(f"no visible asset with id {wanted}")
+        _, bucket, key = rows[0]
+        return self.url_for_key(bucket, key)
+
+    def get_urls(
+        self, asset_ids: Iterable[str | uuid.UUID], claims: Mapping[str, Any] | None = None
+    ) -> dict[Any, str]:
+        """Presigned GETs for the assets among ``asset_ids`` the caller may see.
+
+        One query for up to 1,000 ids. Keyed by the ids as given (strings or
+        UUIDs, in the order given); ids with no visible row are left out. A
+        malformed id, more than 1,000 ids, or claims naming a role other than
+        the API roles raise ``ValueError``.
+        """
+        if isinstance(asset_ids, (str, bytes)):
+            raise ValueError("asset_ids must be a collection of ids, not one string")
+        given = list(asset_ids)
+        if len(given) > MAX_BATCH:
+            raise ValueError(f"at most {MAX_BATCH} asset ids per call, got {len(given)}")
+        wanted = [(item, _parse_uuid(item, "asset id")) for item in given]
+        if claims is not None:
+            _claims_role(claims)
+        if not wanted:
+            return {}
+        rows = self._select("presign_find_assets", {"ids": list({u for _, u in wanted})}, claims)
+        # One signing time for the whole page: the URLs are consistent and the
+        # per-URL work is the signature alone.
+        signer, signed_at, x_expires = self._signing_now(None)
+        urls = {asset: signer.sign("GET", bucket, key, expires=x_expires, signed_at=signed_at)
+                for asset, bucket, key in rows}
+        return {item: urls[u] for item, u in wanted if u in urls}
+
+    def url_for_key(
+        self,
+        bucket: str,
+        key: str,
+        method: str = "get",
+        expires: int | None = None,
+        *,
+        content_type: str | None = None,
+        content_length: int | None = None,
+    ) -> str:
+        """A presigned URL for any object: no row, no RLS check. Service code only.
+
+        ``method`` is ``get`` or ``put``; ``expires`` defaults to
+        ``presign.expires_seconds`` and must be within 1..604800. A PUT may
+        bind ``content_type`` and ``content_length`` (signed headers).
+        """
+        return self._sign(bucket, key, method, expires, content_type, content_length)[0]
+
+    # -- uploads -------------------------------------------------------------
+
+    def upload_url(
+        self,
+        *,
+        show_id: str | uuid.UUID,
+        filename: str,
+        content_type: str,
+        size_bytes: int,
+        owner_id: str | uuid.UUID | None = None,
+        claims: Mapping[str, Any] | None = None,
+    ) -> UploadGrant:
+        """Record a new asset row and return a presigned PUT for its object.
+
+        The key is ``shows/{show_id}/{uuid}-{safe filename}``. The PUT's
+        signature binds the content type and the length, so a client cannot
+        upload anything else under it. Refused (``UploadRefused``, no row
+        written): a size over ``presign.max_upload_bytes``, a content type
+        outside ``presign.allowed_content_types``, a caller RLS does not let
+        insert the row (with the shipped policies, anyone but the service
+        role), a show that does not exist. Malformed arguments: ``ValueError``.
+        """
+        show = _parse_uuid(show_id, "show_id")
+        owner = None if owner_id is None else _parse_uuid(owner_id, "owner_id")
+        presign = self.settings.presign
+        normalized_type = _checked_content_type(content_type, presign.allowed_content_types)
+        size = _checked_size(size_bytes, presign.max_upload_bytes)
+        if claims is not None:
+            _claims_role(claims)
+        bucket = self._upload_bucket()
+        key = f"shows/{show}/{uuid.uuid4()}-{safe_filename(filename)}"
+        # Sign before writing: if signing fails (no credentials), no row is
+        # left behind. The URL leaves only once the row is committed, so the
+        # object can never exist without its row.
+        url, expires_at = self._sign(bucket, key, "put", None, normalized_type, size)
+        asset_id = self._record_upload(
+            {
+                "show_id": show,
+                "bucket": bucket,
+                "key": key,
+                "content_type": normalized_type,
+                "size_bytes": size,
+                "owner_id": owner,
+            },
+            claims,
+        )
+        log.info("presign_upload_recorded", asset_id=str(asset_id), bucket=bucket, key=key, size_bytes=size)
+        return UploadGrant(
+            asset_id=asset_id,
+            bucket=bucket,
+            key=key,
+            url=url,
+            headers={"Content-Type": normalized_type, "Content-Length": str(size)},
+            expires_at=datetime.fromtimestamp(expires_at, timezone.utc),
+        )
+
+    def _upload_bucket(self) -> str:
+        bucket = self.settings.presign.upload_bucket or next(iter(self.settings.s3.buckets), "")
+        if not bucket:
+            raise ConfigError("config: presign.upload_bucket is empty and s3.buckets lists no bucket")
+        return bucket
+
+    def _record_upload(self, row: dict[str, Any], claims: Mapping[str, Any] | None) -> uuid.UUID:
+        import psycopg
+
+        from trr_assets import db
+
+        try:
+            with db.wrap_errors("presign: record the upload"):
+                with self._connection_pool().connection() as conn, conn.transaction():
+                    if claims is not None:
+                        self._act_as(conn, claims)
+                    inserted = conn.execute(db.query("presign_record_upload"), row).fetchone()
+        except TrrAssetsError as exc:
+            cause = exc.__cause__
+            if isinstance(cause, psycopg.errors.InsufficientPrivilege):
+                reason = f"upload refused: the caller may not add assets to show {row['show_id']}"
+            elif isinstance(cause, psycopg.errors.ForeignKeyViolation):
+                reason = f"upload refused: no show {row['show_id']}"
+            elif claims is not None and isinstance(cause, psycopg.DataError):
+                reason = "upload refused: the database rejected the caller's claims"
+            else:
+                raise
+            log.info("presign_upload_refused", reason=reason)
+            raise UploadRefused(reason) from exc
+        assert inserted is not None
+        return inserted[0]
+
+    # -- internals -----------------------------------------------------------
+
+    def _sign(
+        self,
+        bucket: str,
+        key: str,
+        method: str,
+        expires: int | None,
+        content_type: str | None,
+        content_length: int | None,
+    ) -> tuple[str, int]:
+        """(URL, the second it expires)."""
+        verb = _METHODS.get(method) if type(method) is str else None
+        if verb is None:
+            raise ValueError(f"method must be get or put, got {method!r}")
+        if verb == "GET" and (content_type is not None or content_length is not None):
+            raise ValueError("content_type and content_length bind PUT requests only")
+        if type(bucket) is not str or type(key) is not str or not bucket or not key:
+            raise ValueError("bucket and key must be non-empty strings")
+        signer, signed_at, x_expires = self._signing_now(expires)
+        url = signer.sign(
+            verb,
+            bucket,
+            key,
+            expires=x_expires,
+            signed_at=signed_at,
+            content_type=content_type,
+            content_length=content_length,
+        )
+        return url, signed_at + x_expires
+
+    def _signing_now(self, expires: int | None) -> tuple[QuerySigner, int, int]:
+        """(signer, signing time, X-Amz-Expires) for URLs made now."""
+        lifetime = self.settings.presign.expires_seconds if expires is None else expires
+        if type(lifetime) is not int or not 1 <= lifetime <= SIGV4_MAX_EXPIRES_SECONDS:
+            raise ValueError(f"expires must be a whole number of seconds from 1 to {SIGV4_MAX_EXPIRES_SECONDS}")
+        signed_at, x_expires = signing_window(self._clock(), lifetime, self.settings.presign.cache_window_seconds)
+        return self._signer or self._make_signer(), signed_at, x_expires
+
+    def _select(self, query_name: str, params: dict[str, Any], claims: Mapping[str, Any] | None) -> list[Any]:
+        import psycopg
+
+        from trr_assets import db
+
+        with db.wrap_errors("presign: look up assets"):
+            with self._connection_pool().connection() as conn:
+                if claims is None:
+                    return conn.execute(db.query(query_name), params).fetchall()
+                try:
+                    with conn.transaction():
+                        self._act_as(conn, claims)
+                        return conn.execute(db.query(query_name), params).fetchall()
+                except psycopg.DataError as exc:
+                    # A claim the policies cannot read (a ``sub`` that is not
+                    # a UUID makes auth.uid() fail) hides every row: the
+                    # caller is nobody the policies know.
+                    log.info("presign_claims_rejected", sqlstate=exc.sqlstate)
+                    return []
+
+    def _act_as(self, conn: psycopg.Connection[Any], claims: Mapping[str, Any]) -> None:
+        """Within the open transaction, become the claims' caller as PostgREST
+        does; both settings end with the transaction."""
+        from psycopg import sql
+
+        from trr_assets import db
+
+        role = _claims_role(claims)
+        conn.execute(sql.SQL("set local role {}").format(sql.Identifier(role)))
+        conn.execute(db.query("presign_set_claims"), {"claims": _claims_json(claims)})
+
+    def _connection_pool(self) -> ConnectionPool:
+        pool = self._pool
+        if pool is not None:
+            return pool
+        with self._lock:
+            self._check_open()
+            if self._pool is None:
+                from trr_assets import db
+
+                pool = db.make_pool(self.settings.database, name="trr-assets presign")
+                with db.wrap_errors("presign: open the connection pool"):
+                    pool.open(wait=False)
+                self._pool = pool
+                log.debug("presign_pool_opened")
+            return self._pool
+
+    def _make_signer(self) -> QuerySigner:
+        with self._lock:
+            self._check_open()
+            if self._signer is None:
+                from trr_assets import storage
+
+                self._client = storage.make_client(self.settings.s3)
+                self._signer = QuerySigner(self._client)
+            return self._signer
+
+    def _check_open(self) -> None:
+        if self._closed:
+            raise TrrAssetsError("presign: the presigner is closed")
+
+    def _locate(self, asset_id: uuid.UUID) -> tuple[str, str]:
+        """(bucket, key) of an asset, as the service sees it."""
+        rows = self._select("presign_find_asset", {"id": asset_id}, None)
+        if not rows:
+            raise AssetNotFound(f"no asset with id {asset_id}")
+        return rows[0][1], rows[0][2]
+
+
+# --- the CLI -------------------------------------------------------------------
+
+
+def cli_url(settings: Settings, target: str, *, method: str, expires: int | None) -> str:
+    """The URL ``trr-assets presign`` prints: ``target`` is an asset id (looked
+    up as the service; no row is ``AssetNotFound``, exit 1) or
+    ``s3://BUCKET/KEY`` (signed as is). Bad arguments are ``UsageError``."""
+    if expires is not None and not 1 <= expires <= SIGV4_MAX_EXPIRES_SECONDS:
+        raise UsageError(f"presign: --expires must be between 1 and {SIGV4_MAX_EXPIRES_SECONDS}, got {expires}")
+    asset_id: uuid.UUID | None = None
+    if target.startswith("s3://"):
+        bucket, _, key = target[len("s3://") :].partition("/")
+        if not bucket or not key:
+            raise UsageError(f"presign: {target!r} is not s3://BUCKET/KEY")
+    else:
+        try:
+            asset_id = _parse_uuid(target, "asset id")
+        except ValueError:
+            raise UsageError(f"presign: {target!r} is neither an asset id (a UUID) nor s3://BUCKET/KEY") from None
+    with Presigner(settings) as presigner:
+        if asset_id is not None:
+            bucket, key = presigner._locate(asset_id)
+        return presigner.url_for_key(bucket, key, method, expires)
