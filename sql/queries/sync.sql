@@ -1,0 +1,69 @@
+-- Named queries of sync (trr_assets/sync.py).
+
+-- name: sync_existing_shows
+-- Which of these show ids name a core.shows row (before any HEAD request, so
+-- keys of unknown shows cost nothing). Reads core.shows as the connecting
+-- role: sync must run as a role that RLS does not filter (the owner, or
+-- Supabase's service_role / postgres).
+select id from core.shows where id = any(%(ids)s::uuid[])
+
+-- name: sync_create_batch_table
+-- The per-connection staging table a batch is COPYed into.
+create temp table if not exists trr_sync_batch (
+  object_key text collate "C" not null,
+  show_id uuid not null,
+  size_bytes bigint not null,
+  checksum text not null,
+  content_type text,
+  owner_id uuid
+) on commit delete rows
+
+-- name: sync_clear_batch_table
+truncate pg_temp.trr_sync_batch
+
+-- name: sync_copy_batch
+copy pg_temp.trr_sync_batch (object_key, show_id, size_bytes, checksum, content_type, owner_id) from stdin
+
+-- name: sync_refuse_queued_keys
+-- Arms the guard trigger of 0007 for this transaction only.
+select set_config('trr_assets.refuse_queued_keys', %(state)s, true)
+
+-- name: sync_upsert_batch
+-- One statement per batch. Inserts only keys whose show exists and whose
+-- deletion is not queued (checked in this statement's snapshot; the guard
+-- trigger of 0007 repeats the queue check after any lock wait, see there).
+-- An existing row is rewritten only when something differs, so an unchanged
+-- object writes nothing and updated_at (set by a BEFORE UPDATE trigger)
+-- stays. owner_id is kept when the object carries no owner-id metadata.
+-- Rows go in key order, so concurrent writers lock in the same order.
+-- Returns the counts of what happened to the batch.
+with batch as materialized (
+  select b.*,
+         exists (select 1 from core.shows s where s.id = b.show_id) as show_exists,
+         exists (select 1 from trr_assets.delete_queue q
+                 where q.bucket = %(bucket)s and q.object_key = b.object_key) as queued
+  from pg_temp.trr_sync_batch b
+),
+written as (
+  insert into core.show_assets as a
+    (show_id, bucket, object_key, content_type, size_bytes, checksum, owner_id)
+  select show_id, %(bucket)s, object_key, content_type, size_bytes, checksum, owner_id
+  from batch
+  where show_exists and not queued
+  order by object_key
+  on conflict (bucket, object_key) do update
+    set content_type = excluded.content_type,
+        size_bytes = excluded.size_bytes,
+        checksum = excluded.checksum,
+        owner_id = coalesce(excluded.owner_id, a.owner_id)
+    where (a.content_type, a.size_bytes, a.checksum, a.owner_id)
+          is distinct from
+          (excluded.content_type, excluded.size_bytes, excluded.checksum,
+           coalesce(excluded.owner_id, a.owner_id))
+  returning a.xmax = 0 as inserted
+)
+select
+  (select count(*) from written where inserted) as inserted,
+  (select count(*) from written where not inserted) as updated,
+  (select count(*) from batch where not show_exists) as unknown_show,
+  (select count(*) from batch where show_exists and queued) as queued

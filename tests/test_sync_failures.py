@@ -1,0 +1,199 @@
+"""sync under failure and concurrency: failed buckets, database errors, a racing delete."""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from datetime import datetime, timezone
+from typing import Any
+
+import psycopg
+import pytest
+import structlog
+
+from trr_assets import cli, sync
+from trr_assets.config import Settings
+from trr_assets.errors import DatabaseError
+from trr_assets.storage import ObjectInfo
+from tests.conftest import TEST_BUCKET, make_settings, make_show
+from tests.sync_helpers import put, rows, run, show_key, sync_settings
+
+MISSING_BUCKET = "trr-test-no-such-bucket"
+
+
+@pytest.fixture(autouse=True)
+def _restore_structlog():
+    """`cli.main` configures structlog onto pytest's captured stderr; undo it afterwards."""
+    yield
+    structlog.reset_defaults()
+
+
+def test_missing_bucket_fails_alone(conn, db_url, s3):
+    """A missing bucket goes into `failed`; the other bucket is still synced."""
+    show = make_show(conn)
+    put(s3, show_key(show, "a.jpg"))
+    settings = sync_settings(db_url, buckets=[MISSING_BUCKET, TEST_BUCKET])
+
+    report = run(settings, s3)
+
+    assert set(rows(conn)) == {show_key(show, "a.jpg")}
+    assert report.inserted == 1
+    assert len(report.failed) == 1
+    assert report.failed[0].startswith(f"{MISSING_BUCKET}: ") and "does not exist" in report.failed[0]
+    assert report.buckets[TEST_BUCKET].error is None
+
+
+def test_cli_sync_prints_the_report_and_exits_1_when_a_bucket_failed(conn, db_url, s3, tmp_path, capsys):
+    """`trr-assets sync` prints one JSON report on stdout and exits 1 when a bucket failed."""
+    show = make_show(conn)
+    put(s3, show_key(show, "a.jpg"))
+    config = tmp_path / "config.toml"
+    config.write_text(
+        f"[database]\nurl = {json.dumps(db_url)}\n"
+        f"[s3]\nbuckets = [{json.dumps(TEST_BUCKET)}, {json.dumps(MISSING_BUCKET)}]\nlist_shards = 2\n"
+    )
+
+    code = cli.main(["--config", str(config), "sync"])
+
+    out = capsys.readouterr().out.strip().splitlines()
+    assert code == 1
+    assert len(out) == 1
+    report = json.loads(out[0])
+    assert (report["scanned"], report["inserted"]) == (1, 1)
+    assert len(report["failed"]) == 1 and MISSING_BUCKET in report["failed"][0]
+
+
+def test_cli_sync_exits_0_when_every_bucket_synced(conn, db_url, s3, tmp_path, capsys):
+    """`trr-assets sync` exits 0 when no bucket failed."""
+    put(s3, show_key(make_show(conn), "a.jpg"))
+    config = tmp_path / "config.toml"
+    config.write_text(f"[database]\nurl = {json.dumps(db_url)}\n[s3]\nbuckets = [{json.dumps(TEST_BUCKET)}]\n")
+
+    code = cli.main(["--config", str(config), "sync"])
+
+    assert code == 0
+    assert json.loads(capsys.readouterr().out)["inserted"] == 1
+
+
+def test_database_error_mid_run_keeps_committed_batches_and_next_run_completes(conn, db_url, s3):
+    """A batch failing in PostgreSQL fails the bucket; earlier batches stay whole; the next run finishes."""
+    show = make_show(conn)
+    names = ["01.jpg", "02.jpg", "03.jpg", "04.jpg", "05-boom.jpg", "06.jpg"]
+    etags = {show_key(show, n): put(s3, show_key(show, n), n.encode()) for n in names}
+    conn.execute(
+        "create function test_boom() returns trigger language plpgsql as $$"
+        " begin if new.object_key like '%boom%' then raise exception 'boom'; end if; return new; end $$"
+    )
+    conn.execute("create trigger test_boom before insert on core.show_assets for each row execute function test_boom()")
+    settings = sync_settings(db_url, list_shards=1, batch_size=2)
+
+    failed = run(settings, s3)
+
+    committed = rows(conn)
+    assert failed.failed and "boom" in failed.failed[0]
+    assert set(committed) == {show_key(show, n) for n in names[:4]}
+    assert all(row[2] == etags[key] and row[1] == 6 for key, row in committed.items())
+
+    conn.execute("drop trigger test_boom on core.show_assets")
+    second = run(settings, s3)
+
+    assert second.failed == []
+    assert set(rows(conn)) == set(etags)
+    assert (second.inserted, second.unchanged) == (2, 4)
+
+
+def test_unreachable_database_fails_the_whole_run(aws_env, s3):
+    """With no database to talk to, sync raises one DatabaseError (exit 1) instead of reporting."""
+    settings = make_settings("postgresql://nobody@127.0.0.1:9/none", database={"connect_timeout_seconds": 1.0})
+
+    with pytest.raises(DatabaseError) as caught:
+        run(settings, s3)
+
+    assert "\n" not in str(caught.value)
+
+
+def _object(s3: Any, key: str) -> ObjectInfo:
+    head = s3.head_object(Bucket=TEST_BUCKET, Key=key)
+    return ObjectInfo(key, head["ContentLength"], head["ETag"].strip('"'), datetime.now(timezone.utc))
+
+
+def test_upsert_objects_deduplicates_within_a_batch_and_counts_vanished_objects(conn, db_url, s3):
+    """The same key twice in a batch makes one row; an object gone before its HEAD makes none."""
+    show = make_show(conn)
+    key, gone = show_key(show, "a.jpg"), show_key(show, "gone.jpg")
+    put(s3, key)
+    obj = _object(s3, key)
+    settings: Settings = sync_settings(db_url)
+    ghost = ObjectInfo(gone, 1, "0" * 32, datetime.now(timezone.utc))
+
+    with psycopg.connect(db_url, autocommit=True) as writer:
+        counts = sync.upsert_objects(writer, s3, TEST_BUCKET, [obj, ghost, obj], settings=settings)
+
+    assert set(rows(conn)) == {key}
+    assert (counts.inserted, counts.vanished, counts.skipped) == (1, 1, 0)
+
+
+def test_upsert_objects_never_inserts_a_queued_key(conn, db_url, s3):
+    """upsert_objects (reconcile's import path too) skips a key whose deletion is queued and keeps it queued."""
+    show = make_show(conn)
+    key = show_key(show, "a.jpg")
+    put(s3, key)
+    settings = sync_settings(db_url)
+    run(settings, s3)
+    conn.execute("delete from core.show_assets where object_key = %s", (key,))
+
+    with psycopg.connect(db_url, autocommit=True) as writer:
+        counts = sync.upsert_objects(writer, s3, TEST_BUCKET, [_object(s3, key)], settings=settings)
+
+    assert rows(conn) == {}
+    assert conn.execute("select object_key from trr_assets.delete_queue").fetchall() == [(key,)]
+    assert (counts.inserted, counts.pending_deletes) == (0, 1)
+
+
+def _wait_for_lock_wait(conn: psycopg.Connection[Any], application_name: str) -> None:
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline:
+        waiting = conn.execute(
+            "select count(*) from pg_stat_activity where application_name = %s and wait_event_type = 'Lock'",
+            (application_name,),
+        ).fetchone()[0]
+        if waiting:
+            return
+        time.sleep(0.02)
+    raise AssertionError("the upsert never waited for the deleting transaction")
+
+
+def test_upsert_racing_a_delete_does_not_resurrect_the_row(conn, db_url, s3):
+    """A row deleted (deletion queued) while the upsert waits on it is not re-inserted, and stays queued."""
+    show = make_show(conn)
+    key = show_key(show, "a.jpg")
+    put(s3, key, b"v1")
+    settings = sync_settings(db_url)
+    run(settings, s3)
+    put(s3, key, b"v2, changed")  # the listing now says: changed, update the row
+    changed = _object(s3, key)
+    result: dict[str, Any] = {}
+
+    with psycopg.connect(db_url) as deleter, psycopg.connect(
+        db_url, autocommit=True, application_name="sync-race-writer"
+    ) as writer:
+        deleter.execute("delete from core.show_assets where object_key = %s", (key,))  # not committed yet
+
+        def upsert() -> None:
+            try:
+                result["counts"] = sync.upsert_objects(writer, s3, TEST_BUCKET, [changed], settings=settings)
+            except Exception as exc:  # surfaced by the assertion below
+                result["error"] = exc
+
+        thread = threading.Thread(target=upsert)
+        thread.start()
+        _wait_for_lock_wait(conn, "sync-race-writer")
+        deleter.commit()
+        thread.join(timeout=30)
+
+    assert "error" not in result, result.get("error")
+    assert rows(conn) == {}
+    assert conn.execute("select object_key, state from trr_assets.delete_queue").fetchall() == [(key, "pending")]
+    counts = result["counts"]
+    assert (counts.inserted, counts.updated, counts.pending_deletes) == (0, 0, 1)

@@ -1,0 +1,604 @@
+"""Sync: make ``core.show_assets`` match the S3 listing of every bucket.
+
+Each bucket's prefix is split into key ranges (``keys.shard_ranges``); each
+(bucket, range) unit runs in a thread with two pooled connections: a reader
+whose transaction holds the diff engine's server-side cursor over the rows,
+and a writer that commits one batch at a time, so a failure mid-run keeps
+every batch already written and the next run picks up the rest. Memory holds
+one batch per unit, whatever the size of the bucket.
+
+The diff engine says what each listed key is. Sync acts on two kinds: a new
+object (``ONLY_IN_S3``) and a changed one (``CHANGED``, size or ETag differ);
+both go through ``upsert_objects``, the write path reconcile's ``import``
+repair reuses. ``SAME`` keys cost nothing (no HEAD, no write), and
+``PENDING_DELETE`` keys (deletion queued) are never re-created.
+"""
+
+from __future__ import annotations
+
+import re
+import sys
+import threading
+import time
+import uuid
+from collections.abc import Iterable, Iterator, Sequence
+from concurrent.futures import Executor, ThreadPoolExecutor
+from contextlib import ExitStack, contextmanager
+from dataclasses import dataclass, field
+from typing import Any, TextIO
+
+import psycopg
+import psycopg.errors
+import structlog
+from psycopg_pool import ConnectionPool
+
+from trr_assets import db, diff, keys, logs, storage
+from trr_assets.config import Settings
+from trr_assets.errors import DatabaseError, StorageError, TrrAssetsError
+from trr_assets.storage import ObjectInfo
+
+log = structlog.get_logger()
+
+SAMPLE_KEYS = 3  # sample keys kept per skip reason for the log
+WRITE_ATTEMPTS = 5  # a batch refused by a concurrent delete is retried this often
+_RETRYABLE = (
+    psycopg.errors.SerializationFailure,  # the 0007 guard: a key's deletion got queued meanwhile
+    psycopg.errors.ForeignKeyViolation,  # the key's show was deleted meanwhile
+    psycopg.errors.DeadlockDetected,
+)
+_MISSING_OBJECT_CODES = {"404", "NoSuchKey", "NotFound"}
+
+
+# --- counts --------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class UpsertCounts:
+    """What ``upsert_objects`` did with the objects it was given."""
+
+    inserted: int = 0
+    updated: int = 0
+    unchanged: int = 0  # the row already held these values (no write)
+    skipped: int = 0
+    pending_deletes: int = 0  # not inserted: the key's deletion is queued
+    vanished: int = 0  # deleted from S3 between the listing and the HEAD
+    invalid_owner_ids: int = 0  # `owner-id` metadata that is not a UUID (stored as null)
+    skipped_by_reason: dict[str, int] = field(default_factory=dict)
+    skipped_samples: dict[str, tuple[str, ...]] = field(default_factory=dict)
+
+    def __add__(self, other: UpsertCounts) -> UpsertCounts:
+        reasons = dict(self.skipped_by_reason)
+        for reason, count in other.skipped_by_reason.items():
+            reasons[reason] = reasons.get(reason, 0) + count
+        samples = dict(self.skipped_samples)
+        for reason, found in other.skipped_samples.items():
+            samples[reason] = (samples.get(reason, ()) + found)[:SAMPLE_KEYS]
+        return UpsertCounts(
+            inserted=self.inserted + other.inserted,
+            updated=self.updated + other.updated,
+            unchanged=self.unchanged + other.unchanged,
+            skipped=self.skipped + other.skipped,
+            pending_deletes=self.pending_deletes + other.pending_deletes,
+            vanished=self.vanished + other.vanished,
+            invalid_owner_ids=self.invalid_owner_ids + other.invalid_owner_ids,
+            skipped_by_reason=reasons,
+            skipped_samples=samples,
+        )
+
+
+def _skips(reason: keys.SkipReason, found: Sequence[str]) -> UpsertCounts:
+    return UpsertCounts(
+        skipped=len(found),
+        skipped_by_reason={reason.value: len(found)},
+        skipped_samples={reason.value: tuple(found[:SAMPLE_KEYS])},
+    )
+
+
+@dataclass(frozen=True)
+class BucketReport:
+    """One bucket's part of a sync run."""
+
+    bucket: str
+    scanned: int
+    inserted: int
+    updated: int
+    unchanged: int
+    skipped: int
+    pending_deletes: int
+    vanished: int
+    skipped_by_reason: dict[str, int]
+    error: str | None = None
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "scanned": self.scanned,
+            "inserted": self.inserted,
+            "updated": self.updated,
+            "unchanged": self.unchanged,
+            "skipped": self.skipped,
+            "pending_deletes": self.pending_deletes,
+            "vanished": self.vanished,
+            "skipped_by_reason": dict(self.skipped_by_reason),
+            "error": self.error,
+        }
+
+
+@dataclass(frozen=True)
+class SyncReport:
+    """The result of one sync pass over every bucket.
+
+    ``scanned`` counts every listed key; each ends up in exactly one of
+    inserted, updated, unchanged, skipped, pending_deletes or vanished (of the
+    buckets that completed).
+    """
+
+    scanned: int
+    inserted: int
+    updated: int
+    unchanged: int
+    skipped: int
+    pending_deletes: int
+    duration_seconds: float
+    skipped_by_reason: dict[str, int]
+    failed: list[str]  # one line per failed bucket
+    vanished: int = 0
+    buckets: dict[str, BucketReport] = field(default_factory=dict)
+    stopped: bool = False  # a stop was requested; the pass ended early
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "scanned": self.scanned,
+            "inserted": self.inserted,
+            "updated": self.updated,
+            "unchanged": self.unchanged,
+            "skipped": self.skipped,
+            "duration_seconds": self.duration_seconds,
+            "pending_deletes": self.pending_deletes,
+            "vanished": self.vanished,
+            "skipped_by_reason": dict(self.skipped_by_reason),
+            "failed": list(self.failed),
+            "stopped": self.stopped,
+            "buckets": {name: report.as_dict() for name, report in self.buckets.items()},
+        }
+
+
+# --- the write path ------------------------------------------------------------
+
+
+def upsert_objects(
+    conn: psycopg.Connection[Any],
+    client: Any,
+    bucket: str,
+    objects: Iterable[ObjectInfo],
+    *,
+    settings: Settings,
+    head_pool: Executor | None = None,
+) -> UpsertCounts:
+    """Insert or refresh the rows of ``objects`` (new or changed objects of ``bucket``).
+
+    Per batch of ``sync.batch_size``: keys that name no show (pattern, UUID,
+    no ``core.shows`` row) are skipped and counted; the rest are HEADed in
+    parallel (content type, ``owner-id`` metadata, current size and ETag),
+    COPYed into a temporary table and upserted by one statement that never
+    inserts a key whose deletion is queued. Each batch is its own
+    ``conn.transaction()``: committed per batch on an idle connection, a
+    savepoint inside a transaction the caller holds. ``head_pool`` runs the
+    HEAD requests (default: a pool of ``s3.head_concurrency`` for this call).
+    """
+    pattern = re.compile(settings.s3.key_pattern)
+    own_pool = head_pool is None
+    pool = head_pool or ThreadPoolExecutor(settings.s3.head_concurrency, thread_name_prefix="trr-head")
+    total = UpsertCounts()
+    try:
+        for chunk in _chunks(objects, settings.sync.batch_size):
+            total += _upsert_batch(conn, client, bucket, chunk, pattern, pool)
+    finally:
+        if own_pool:
+            pool.shutdown(wait=True)
+    return total
+
+
+def _chunks(objects: Iterable[ObjectInfo], size: int) -> Iterator[list[ObjectInfo]]:
+    chunk: list[ObjectInfo] = []
+    for obj in objects:
+        chunk.append(obj)
+        if len(chunk) >= size:
+            yield chunk
+            chunk = []
+    if chunk:
+        yield chunk
+
+
+@dataclass(frozen=True, slots=True)
+class _Row:
+    key: str
+    show_id: uuid.UUID
+    size: int
+    etag: str
+    content_type: str | None
+    owner_id: uuid.UUID | None
+    invalid_owner: bool = False  # `owner-id` metadata was there but not a UUID
+
+
+def _upsert_batch(
+    conn: psycopg.Connection[Any],
+    client: Any,
+    bucket: str,
+    objects: list[ObjectInfo],
+    pattern: re.Pattern[str],
+    pool: Executor,
+) -> UpsertCounts:
+    counts = UpsertCounts()
+    wanted: dict[str, tuple[ObjectInfo, uuid.UUID]] = {}  # deduplicated; the last listing wins
+    rejected: dict[keys.SkipReason, list[str]] = {}
+    for obj in objects:
+        parsed = keys.parse_show_id(obj.key, pattern)
+        if isinstance(parsed, keys.SkipReason):
+            rejected.setdefault(parsed, []).append(obj.key)
+        else:
+            wanted[obj.key] = (obj, parsed)
+    existing = _existing_shows(conn, {show_id for _, show_id in wanted.values()})
+    unknown = [key for key, (_, show_id) in wanted.items() if show_id not in existing]
+    if unknown:
+        rejected.setdefault(keys.SkipReason.UNKNOWN_SHOW, []).extend(unknown)
+    for reason, found in rejected.items():
+        counts += _skips(reason, found)
+    todo = [(obj, show_id) for obj, show_id in wanted.values() if show_id in existing]
+    heads = list(pool.map(lambda item: _head(client, bucket, item[0], item[1]), todo))
+    rows = [row for row in heads if row is not None]
+    invalid_owner = sum(1 for row in rows if row.invalid_owner)
+    counts += UpsertCounts(vanished=len(heads) - len(rows), invalid_owner_ids=invalid_owner)
+    if rows:
+        counts += _write(conn, bucket, rows)
+    return counts
+
+
+def _existing_shows(conn: psycopg.Connection[Any], show_ids: set[uuid.UUID]) -> set[uuid.UUID]:
+    if not show_ids:
+        return set()
+    with db.wrap_errors("look up shows"), conn.transaction():
+        found = conn.execute(db.query("sync_existing_shows"), {"ids": list(show_ids)}).fetchall()
+    return {row[0] for row in found}
+
+
+def _head(client: Any, bucket: str, obj: ObjectInfo, show_id: uuid.UUID) -> _Row | None:
+    """The object's current metadata, or None when it is gone."""
+    try:
+        with storage.wrap_errors("head object", bucket):
+            response = client.head_object(Bucket=bucket, Key=obj.key)
+    except StorageError as exc:
+        if storage.error_code(exc.__cause__ or exc) in _MISSING_OBJECT_CODES:
+            return None
+        raise
+    owner: uuid.UUID | None = None
+    invalid_owner = False
+    raw_owner = (response.get("Metadata") or {}).get("owner-id")
+    if raw_owner:
+        try:
+            owner = uuid.UUID(raw_owner.strip())
+        except ValueError:
+            invalid_owner = True
+    return _Row(
+        key=obj.key,
+        show_id=show_id,
+        size=int(response.get("ContentLength", obj.size)),
+        etag=storage.strip_etag(response.get("ETag")) or obj.etag,
+        content_type=response.get("ContentType"),
+        owner_id=owner,
+        invalid_owner=invalid_owner,
+    )
+
+
+def _write(conn: psycopg.Connection[Any], bucket: str, rows: list[_Row]) -> UpsertCounts:
+    """Upsert one batch; retried whole when a concurrent change refused it.
+
+    A batch is refused when, while it was being written, one of its keys got
+    its deletion queued (0007's guard) or its show deleted (the foreign key):
+    the retry's snapshot sees the queue entry or the missing show, and skips
+    the key.
+    """
+    rows = sorted(rows, key=lambda r: r.key)
+    attempt = 1
+    while True:
+        try:
+            inserted, updated, unknown_show, queued = _write_once(conn, bucket, rows)
+            break
+        except DatabaseError as exc:
+            if not isinstance(exc.__cause__, _RETRYABLE) or attempt >= WRITE_ATTEMPTS:
+                raise
+            log.info("sync_batch_retry", bucket=bucket, attempt=attempt, reason=str(exc))
+            attempt += 1
+    counts = UpsertCounts(
+        inserted=inserted,
+        updated=updated,
+        unchanged=len(rows) - inserted - updated - unknown_show - queued,
+        pending_deletes=queued,
+    )
+    if unknown_show:  # the show was deleted after the look-up
+        counts += UpsertCounts(skipped=unknown_show, skipped_by_reason={keys.SkipReason.UNKNOWN_SHOW.value: unknown_show})
+    return counts
+
+
+def _write_once(conn: psycopg.Connection[Any], bucket: str, rows: list[_Row]) -> tuple[int, int, int, int]:
+    """COPY the batch into the staging table and upsert it, in one transaction."""
+    with db.wrap_errors(f"upsert a batch of bucket {bucket}"), conn.transaction():
+        conn.execute(db.query("sync_refuse_queued_keys"), {"state": "on"})
+        conn.execute(db.query("sync_create_batch_table"))
+        conn.execute(db.query("sync_clear_batch_table"))
+        with conn.cursor().copy(db.query("sync_copy_batch")) as copy:
+            for r in rows:
+                copy.write_row((r.key, r.show_id, r.size, r.etag, r.content_type, r.owner_id))
+        result = conn.execute(db.query("sync_upsert_batch"), {"bucket": bucket}).fetchone()
+        conn.execute(db.query("sync_refuse_queued_keys"), {"state": "off"})
+    assert result is not None  # an aggregate query returns one row
+    inserted, updated, unknown_show, queued = (int(v) for v in result)
+    return inserted, updated, unknown_show, queued
+
+
+# --- one pass ------------------------------------------------------------------
+
+
+class _Progress:
+    """A one-line progress display on stderr, redrawn at most once a second."""
+
+    def __init__(self, enabled: bool, stream: TextIO) -> None:
+        self._enabled = enabled
+        self._stream = stream
+        self._lock = threading.Lock()
+        self._scanned = self._written = 0
+        self._started = self._last = time.monotonic()
+
+    def add(self, scanned: int, written: int) -> None:
+        if not self._enabled:
+            return
+        with self._lock:
+            self._scanned += scanned
+            self._written += written
+            now = time.monotonic()
+            if now - self._last >= 1.0:
+                self._last = now
+                self._draw(now)
+
+    def _draw(self, now: float) -> None:
+        self._stream.write(
+            f"\rsync: {self._scanned:,} keys scanned, {self._written:,} rows written,"
+            f" {now - self._started:.0f}s "
+        )
+        self._stream.flush()
+
+    def close(self) -> None:
+        """Draw the final figures and end the line."""
+        if self._enabled:
+            with self._lock:
+                self._draw(time.monotonic())
+                self._stream.write("\n")
+                self._stream.flush()
+
+
+class _BucketTally:
+    """Counts of one bucket, added to by its units (threads)."""
+
+    def __init__(self, bucket: str) -> None:
+        self.bucket = bucket
+        self.lock = threading.Lock()
+        self.failed = threading.Event()
+        self.error: str | None = None
+        self.scanned = 0
+        self.same = 0
+        self.pending = 0
+        self.upserts = UpsertCounts()
+
+    def add(self, scanned: int, same: int, pending: int, upserts: UpsertCounts) -> None:
+        with self.lock:
+            self.scanned += scanned
+            self.same += same
+            self.pending += pending
+            self.upserts += upserts
+
+    def fail(self, message: str) -> None:
+        with self.lock:
+            if self.error is None:
+                self.error = message
+        self.failed.set()
+
+    def report(self) -> BucketReport:
+        u = self.upserts
+        return BucketReport(
+            bucket=self.bucket,
+            scanned=self.scanned,
+            inserted=u.inserted,
+            updated=u.updated,
+            unchanged=self.same + u.unchanged,
+            skipped=u.skipped,
+            pending_deletes=self.pending + u.pending_deletes,
+            vanished=u.vanished,
+            skipped_by_reason=dict(u.skipped_by_reason),
+            error=self.error,
+        )
+
+
+@dataclass(frozen=True)
+class _Context:
+    settings: Settings
+    client: Any
+    pool: ConnectionPool
+    heads: Executor
+    prefix: str
+    progress: _Progress
+    stop: threading.Event
+
+
+def run(
+    settings: Settings,
+    *,
+    buckets: Sequence[str] | None = None,
+    prefix: str | None = None,
+    client: Any = None,
+    progress: bool | None = None,
+    stop: threading.Event | None = None,
+) -> SyncReport:
+    """One sync pass over ``buckets`` (default ``s3.buckets``) under ``prefix``.
+
+    A bucket that fails (missing, S3 or database error) is reported in
+    ``failed`` and does not stop the others. ``progress`` (default: stderr is
+    a terminal) draws a progress line on stderr. Setting ``stop`` ends the
+    pass after the batches in flight (for the worker's shutdown). A database
+    that cannot be reached at all raises ``DatabaseError``.
+    """
+    started = time.monotonic()
+    s3 = settings.s3
+    names = list(dict.fromkeys(buckets if buckets is not None else s3.buckets))
+    prefix = s3.prefix if prefix is None else prefix
+    client = client or storage.make_client(s3, max_pool_connections=s3.list_concurrency + s3.head_concurrency)
+    stop = stop or threading.Event()
+    progress_line = _Progress(sys.stderr.isatty() if progress is None else progress, sys.stderr)
+    if not names:
+        log.warning("sync_no_buckets", hint="set s3.buckets or pass --bucket")
+    tallies = {name: _BucketTally(name) for name in names}
+    units = [(tallies[name], shard) for name in names for shard in keys.shard_ranges(prefix, s3.list_shards)]
+    # Two connections per running unit: the reader's cursor and the writer.
+    pool = db.make_pool(settings.database, name="trr-assets sync", min_size=0, max_size=2 * s3.list_concurrency)
+    with _open(pool), ThreadPoolExecutor(s3.head_concurrency, thread_name_prefix="trr-head") as heads:
+        _run_units(_Context(settings, client, pool, heads, prefix, progress_line, stop), units)
+    progress_line.close()
+    reports = {name: tally.report() for name, tally in tallies.items()}
+    for name, tally in tallies.items():
+        _log_bucket(reports[name], tally.upserts)
+    report = _total(reports, time.monotonic() - started, stop.is_set())
+    log.info("sync_done", **{k: v for k, v in report.as_dict().items() if k != "buckets"})
+    return report
+
+
+def _run_units(ctx: _Context, units: list[tuple[_BucketTally, keys.KeyRange]]) -> None:
+    with ThreadPoolExecutor(ctx.settings.s3.list_concurrency, thread_name_prefix="trr-sync") as executor:
+        futures = [executor.submit(_run_unit, ctx, tally, shard) for tally, shard in units]
+        try:
+            for future in futures:
+                future.result()
+        except BaseException:  # Ctrl-C: the running units end after their batch
+            ctx.stop.set()
+            raise
+
+
+@contextmanager
+def _open(pool: ConnectionPool) -> Iterator[None]:
+    """Open the pool and prove the database answers (else the whole pass fails)."""
+    pool.open(wait=False)
+    try:
+        with db.wrap_errors("cannot connect"), pool.connection() as conn:
+            conn.execute("select 1")
+        yield
+    finally:
+        pool.close()
+
+
+def _run_unit(ctx: _Context, tally: _BucketTally, shard: keys.KeyRange) -> None:
+    """Sync one key range of one bucket; a failure marks the bucket failed."""
+    if tally.failed.is_set() or ctx.stop.is_set():
+        return
+    try:
+        _sync_range(ctx, tally, shard)
+    except Exception as exc:  # one bucket's failure must not stop the others
+        if not isinstance(exc, TrrAssetsError):
+            log.error("sync_unit_crashed", bucket=tally.bucket, exc_info=True)
+        tally.fail(_one_line(exc))
+
+
+def _one_line(exc: BaseException) -> str:
+    lines = str(exc).strip().splitlines()
+    text = lines[0] if lines else type(exc).__name__
+    if not isinstance(exc, TrrAssetsError):
+        text = f"internal error: {type(exc).__name__}: {text}"
+    return logs.scrub(text)
+
+
+def _sync_range(ctx: _Context, tally: _BucketTally, shard: keys.KeyRange) -> None:
+    bucket = tally.bucket
+    with ExitStack() as stack:
+        with db.wrap_errors(f"connect for bucket {bucket}"):
+            reader = stack.enter_context(ctx.pool.connection())
+            writer = stack.enter_context(ctx.pool.connection())
+            writer.autocommit = True  # each batch commits on its own
+        with db.wrap_errors(f"sync bucket {bucket}"), reader.transaction():  # holds the rows' cursor
+            _merge_and_write(ctx, tally, bucket, shard, reader, writer)
+
+
+def _merge_and_write(
+    ctx: _Context,
+    tally: _BucketTally,
+    bucket: str,
+    shard: keys.KeyRange,
+    reader: psycopg.Connection[Any],
+    writer: psycopg.Connection[Any],
+) -> None:
+    batch_size = ctx.settings.sync.batch_size
+    batch: list[ObjectInfo] = []
+    scanned = same = pending = 0
+
+    def flush() -> None:
+        nonlocal batch, scanned, same, pending
+        counts = UpsertCounts()
+        if batch:
+            counts = upsert_objects(writer, ctx.client, bucket, batch, settings=ctx.settings, head_pool=ctx.heads)
+        tally.add(scanned, same, pending, counts)
+        ctx.progress.add(scanned, counts.inserted + counts.updated)
+        batch, scanned, same, pending = [], 0, 0, 0
+
+    for item in diff.diff_range(ctx.client, reader, bucket, ctx.prefix, shard):
+        if item.obj is None:  # a row with no object: reconcile's business
+            continue
+        scanned += 1
+        if item.kind in (diff.Kind.ONLY_IN_S3, diff.Kind.CHANGED):
+            batch.append(item.obj)
+        elif item.kind is diff.Kind.PENDING_DELETE:
+            pending += 1
+        else:
+            same += 1
+        # Also flush the counts now and then when nothing changes, so that
+        # progress moves and a stop request is seen during a no-op pass.
+        if len(batch) >= batch_size or scanned >= 4 * batch_size:
+            flush()
+            if tally.failed.is_set() or ctx.stop.is_set():
+                return
+    flush()
+
+
+def _log_bucket(report: BucketReport, upserts: UpsertCounts) -> None:
+    fields = report.as_dict()
+    if report.error:
+        log.error("sync_bucket_failed", bucket=report.bucket, **fields)
+    else:
+        log.info("sync_bucket_done", bucket=report.bucket, **{k: v for k, v in fields.items() if k != "error"})
+    if report.skipped:
+        # One line per bucket, however many keys were skipped.
+        log.warning(
+            "sync_keys_skipped",
+            bucket=report.bucket,
+            skipped=report.skipped,
+            by_reason=dict(report.skipped_by_reason),
+            samples={reason: list(found) for reason, found in upserts.skipped_samples.items()},
+        )
+    if upserts.invalid_owner_ids:
+        log.warning("sync_invalid_owner_ids", bucket=report.bucket, count=upserts.invalid_owner_ids)
+
+
+def _total(reports: dict[str, BucketReport], duration: float, stopped: bool) -> SyncReport:
+    values = list(reports.values())
+    reasons: dict[str, int] = {}
+    for r in values:
+        for reason, count in r.skipped_by_reason.items():
+            reasons[reason] = reasons.get(reason, 0) + count
+    return SyncReport(
+        scanned=sum(r.scanned for r in values),
+        inserted=sum(r.inserted for r in values),
+        updated=sum(r.updated for r in values),
+        unchanged=sum(r.unchanged for r in values),
+        skipped=sum(r.skipped for r in values),
+        pending_deletes=sum(r.pending_deletes for r in values),
+        duration_seconds=round(duration, 3),
+        skipped_by_reason=reasons,
+        failed=[f"{r.bucket}: {r.error}" for r in values if r.error],
+        vanished=sum(r.vanished for r in values),
+        buckets=reports,
+        stopped=stopped,
+    )
