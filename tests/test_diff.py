@@ -63,7 +63,7 @@ meta = st.tuples(st.integers(0, 3), st.sampled_from(["e1", "e2"]))
 def test_merge_agrees_with_set_difference(objects, rows):
     obj_stream = [ObjectInfo(k, s, e, NOW) for k, (s, e) in sorted(objects.items())]
     row_stream = [
-        RowInfo(k, None, None, None, NOW, True, "pending") if v is None else RowInfo(k, uuid.uuid4(), v[0], v[1], NOW)
+        RowInfo(k, None, None, None, NOW, True, "pending") if v is None else RowInfo(k, str(uuid.uuid4()), v[0], v[1], NOW)
         for k, v in sorted(rows.items())
     ]
     got = {d.key: d.kind for d in diff.merge(obj_stream, row_stream)}
@@ -77,7 +77,7 @@ def test_merge_rejects_an_unsorted_stream():
 
 
 def test_row_and_queue_entry_for_one_key_count_as_the_row():
-    rows = [RowInfo("k", None, None, None, NOW, True, "pending"), RowInfo("k", uuid.uuid4(), 1, "e", NOW)]
+    rows = [RowInfo("k", None, None, None, NOW, True, "pending"), RowInfo("k", str(uuid.uuid4()), 1, "e", NOW)]
     [d] = diff.merge([ObjectInfo("k", 1, "e", NOW)], rows)
     assert d.kind is Kind.SAME
 

@@ -2,15 +2,17 @@
 
 -- name: stream_rows_in_range
 -- Rows and queued deletions of one bucket in [start_at, stop_before), in
--- byte order. Both sides are collated "C" and indexed on (bucket, object_key),
--- so PostgreSQL merges two index scans; nothing is sorted in memory.
-select object_key, id, size_bytes, checksum, updated_at, null::text as queue_state
+-- byte order, shaped as diff.RowInfo (key, asset_id, size, etag, updated_at,
+-- queued, queue_state). Both sides are collated "C"; a queue entry sorts
+-- right after its key's row, if any. id is sent as text: building a Python
+-- UUID per row costs more than the rest of the row.
+select object_key, id::text, size_bytes, checksum, updated_at, false, null::text
 from core.show_assets
 where bucket = %(bucket)s
   and object_key >= %(start_at)s
   and (%(stop_before)s::text is null or object_key < %(stop_before)s)
 union all
-select object_key, null::uuid, null::bigint, null::text, updated_at, state
+select object_key, null::text, null::bigint, null::text, updated_at, true, state
 from trr_assets.delete_queue
 where bucket = %(bucket)s
   and object_key >= %(start_at)s

@@ -1,0 +1,1140 @@
+"""Reconcile: find drift between S3 and ``core.show_assets``; repair it on request.
+
+Every key of the configured buckets under the prefix is classified with the
+diff engine (``diff``), one (bucket, shard) unit per thread, each merging a
+listing with a server-side cursor over the rows, so memory stays flat:
+
+- ``orphaned_object``: an object with no row, older than the grace period;
+- ``orphaned_row``: a row with no object, not updated within the grace period;
+- ``mismatch``: both, but size or ETag differ;
+- objects whose deletion is queued are ``pending_deletes``, never orphans;
+  younger would-be orphans are ``skipped_recent``; deletions that gave up
+  (``delete_queue.state = 'failed'``) are counted as ``failed_deletes``.
+
+A dry run (the default) makes one pass and touches nothing. ``repair`` makes
+two: the first only counts, so each bucket can be judged as a whole before
+anything is changed (a listing or query that failed, or deletions above
+``max_deletes`` / ``max_delete_fraction``, refuse that bucket); the second
+lists again and acts on each candidate only after re-checking it live (HEAD
+the object, re-read the row), because a listing is stale the moment it is
+read. The second pass never deletes more in a bucket than the first counted.
+
+Keys under ``reconcile.quarantine_prefix`` are where quarantine puts
+orphaned objects: they are counted as ``in_quarantine``, never as orphans.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import csv
+import getpass
+import gzip
+import io
+import json
+import math
+import re
+import socket
+import sys
+import threading
+import time
+import urllib.parse
+import uuid
+import zlib
+from collections import Counter
+from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta, timezone
+from typing import Any, TextIO
+
+import psycopg
+import structlog
+from psycopg.types.json import Jsonb
+
+from trr_assets import db, diff, keys, storage
+from trr_assets.config import Settings
+from trr_assets.diff import Diff, Kind
+from trr_assets.errors import (
+    DriftFound,
+    RepairRefused,
+    StorageError,
+    TrrAssetsError,
+    UsageError,
+)
+from trr_assets.keys import KeyRange, SkipReason
+from trr_assets.storage import ObjectInfo
+
+log = structlog.get_logger()
+
+Sink = Callable[[dict[str, Any]], None]
+
+HISTORY_LIMIT = 20
+LIST_PAGE_SIZE = 1000  # keys per ListObjectsV2 page (S3's maximum)
+OBJECT_POLICIES_THAT_DELETE = ("delete", "quarantine")
+_SINGLE_COPY_LIMIT = 5 * 1024**3  # CopyObject's limit; larger objects need a multipart copy
+_NOT_FOUND_CODES = {"404", "NoSuchKey", "NotFound"}
+_PRECONDITION_CODES = {"412", "PreconditionFailed"}
+
+# Counters, in the order reports show them.
+SCAN_COUNTS = (
+    "objects_scanned",
+    "rows_scanned",
+    "orphaned_objects",
+    "orphaned_rows",
+    "mismatched",
+    "skipped_recent",
+    "pending_deletes",
+    "failed_deletes",
+    "in_quarantine",
+)
+REPAIR_COUNTS = (
+    "imported",
+    "deleted_objects",
+    "quarantined",
+    "deleted_rows",
+    "refreshed",
+    "skipped",
+    "action_errors",
+)
+
+
+# --- public records --------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ReconcileOptions:
+    """One run. ``None`` means "as configured"."""
+
+    repair: bool = False
+    buckets: Sequence[str] | None = None
+    prefix: str | None = None
+    grace_seconds: int | None = None
+    force: bool = False  # override max_deletes and max_delete_fraction
+    inventory: str | None = None  # s3://BUCKET/PATH/manifest.json
+    run_by: str | None = None  # recorded in the history; default user@host
+
+
+@dataclass(frozen=True)
+class ReconcileSummary:
+    """What one run found and did. Counts cover the findings it reported."""
+
+    dry_run: bool
+    buckets: tuple[str, ...]
+    prefix: str
+    source: str  # "listing" or "inventory"
+    objects_scanned: int = 0
+    rows_scanned: int = 0
+    orphaned_objects: int = 0
+    orphaned_rows: int = 0
+    mismatched: int = 0
+    skipped_recent: int = 0
+    pending_deletes: int = 0
+    failed_deletes: int = 0
+    in_quarantine: int = 0
+    imported: int = 0
+    deleted_objects: int = 0
+    quarantined: int = 0
+    deleted_rows: int = 0
+    refreshed: int = 0
+    skipped: int = 0  # repair candidates a live re-check spared, or that could not be acted on
+    action_errors: int = 0
+    refused: list[str] = field(default_factory=list)  # one line per bucket whose repair was refused
+    failed: list[str] = field(default_factory=list)  # one line per bucket that could not be read whole
+    started_at: datetime | None = None
+    duration_seconds: float = 0.0
+    run_id: int | None = None
+
+    @property
+    def drift(self) -> bool:
+        """Anything an operator should look at (found, whether or not repaired)."""
+        return bool(self.orphaned_objects or self.orphaned_rows or self.mismatched or self.failed_deletes)
+
+    def counts(self) -> dict[str, int]:
+        return {name: getattr(self, name) for name in (*SCAN_COUNTS, *REPAIR_COUNTS)}
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "dry_run": self.dry_run,
+            **self.counts(),
+            "drift": self.drift,
+            "refused": list(self.refused),
+            "failed": list(self.failed),
+            "buckets": list(self.buckets),
+            "prefix": self.prefix,
+            "source": self.source,
+            "started_at": _iso(self.started_at) if self.started_at else None,
+            "duration_seconds": round(self.duration_seconds, 3),
+            "run_id": self.run_id,
+        }
+
+
+class ReconcileRefused(RepairRefused):
+    """Repair refused for at least one bucket (exit 4); carries the summary."""
+
+    def __init__(self, summary: ReconcileSummary) -> None:
+        super().__init__("reconcile: " + "; ".join(summary.refused))
+        self.summary = summary
+
+
+class ReconcileIncomplete(TrrAssetsError):
+    """A bucket could not be read whole, or repairs failed (exit 1); carries the summary."""
+
+    def __init__(self, summary: ReconcileSummary, message: str) -> None:
+        super().__init__(message)
+        self.summary = summary
+
+
+# --- small helpers ---------------------------------------------------------------
+
+
+def _iso(value: datetime) -> str:
+    return value.astimezone(timezone.utc).isoformat().replace("+00:00", "Z")
+
+
+def _utcnow() -> datetime:
+    return datetime.now(timezone.utc)
+
+
+def _one_line(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return text[0] if text else type(exc).__name__
+
+
+def default_run_by() -> str:
+    try:
+        user = getpass.getuser()
+    except (KeyError, OSError):  # no passwd entry (some containers)
+        user = "unknown"
+    return f"{user}@{socket.gethostname()}"
+
+
+@dataclass(frozen=True, slots=True)
+class _Head:
+    size: int
+    etag: str
+    last_modified: datetime
+    content_type: str | None
+
+
+def _head(client: Any, bucket: str, key: str) -> _Head | None:
+    """The object as S3 has it now, or None when it is gone."""
+    try:
+        with storage.wrap_errors("head object", bucket):
+            reply = client.head_object(Bucket=bucket, Key=key)
+    except StorageError as exc:
+        if storage.error_code(exc.__cause__ or exc) in _NOT_FOUND_CODES:
+            return None
+        raise
+    return _Head(
+        int(reply["ContentLength"]),
+        storage.strip_etag(reply.get("ETag")),
+        reply["LastModified"],
+        reply.get("ContentType"),
+    )
+
+
+# --- the import policy -------------------------------------------------------------
+
+
+def import_object(
+    conn: psycopg.Connection[Any], client: Any, bucket: str, obj: ObjectInfo, *, settings: Settings
+) -> str:
+    """Make a row for one orphaned object; return the outcome.
+
+    ``"imported"``, or why not: ``"no_show_in_key"`` (the key does not name a
+    show), ``"unknown_show"``, ``"gone"`` or ``"changed"`` (the object is no
+    longer the one listed), ``"claimed"`` (a row or a queued deletion for the
+    key appeared: importing would resurrect a deleted asset).
+
+    The same insert path as sync's (HEAD for the content type, queue-aware,
+    ``on conflict do nothing``) for one object at a time; it can be replaced
+    by ``sync.upsert_objects`` when both live on one branch.
+    """
+    show_id = keys.parse_show_id(obj.key, re.compile(settings.s3.key_pattern))
+    if isinstance(show_id, SkipReason):
+        return "no_show_in_key"
+    head = _head(client, bucket, obj.key)
+    if head is None:
+        return "gone"
+    if head.etag != obj.etag or head.size != obj.size:
+        return "changed"
+    params = {
+        "show_id": show_id,
+        "bucket": bucket,
+        "key": obj.key,
+        "content_type": head.content_type,
+        "size": head.size,
+        "etag": head.etag,
+    }
+    with db.wrap_errors(f"import {obj.key} into core.show_assets"), conn.transaction():
+        if conn.execute(db.query("reconcile_import_object"), params).fetchone() is not None:
+            return "imported"
+        claimed = conn.execute(db.query("reconcile_key_claimed"), {"bucket": bucket, "key": obj.key}).fetchone()
+    return "claimed" if claimed and claimed[0] else "unknown_show"
+
+
+# --- S3 Inventory ------------------------------------------------------------------
+
+_REQUIRED_COLUMNS = ("Key", "Size", "LastModifiedDate", "ETag")
+
+
+@dataclass(frozen=True)
+class InventoryManifest:
+    """What ``manifest.json`` of an S3 Inventory report says."""
+
+    url: str
+    source_bucket: str
+    files_bucket: str
+    files: tuple[str, ...]
+    columns: tuple[str, ...]
+    created_at: datetime | None
+
+
+def parse_s3_url(url: str) -> tuple[str, str]:
+    match = re.fullmatch(r"s3://([^/]+)/(.+)", url)
+    if not match:
+        raise UsageError(f"reconcile: --inventory must be s3://BUCKET/PATH/manifest.json, got {url!r}")
+    return match.group(1), match.group(2)
+
+
+def read_manifest(client: Any, url: str) -> InventoryManifest:
+    """Fetch and check an S3 Inventory ``manifest.json`` (CSV reports only)."""
+    bucket, key = parse_s3_url(url)
+    with storage.wrap_errors("read inventory manifest", bucket):
+        body = client.get_object(Bucket=bucket, Key=key)["Body"].read()
+    try:
+        data = json.loads(body)
+    except ValueError:
+        raise UsageError(f"reconcile: {url} is not JSON, so not an S3 Inventory manifest") from None
+    if not isinstance(data, dict) or not data.get("files") or not data.get("sourceBucket"):
+        raise UsageError(f"reconcile: {url} is not an S3 Inventory manifest (no sourceBucket or files)")
+    if str(data.get("fileFormat", "CSV")).upper() != "CSV":
+        raise UsageError(f"reconcile: {url}: only CSV inventory reports are supported, not {data['fileFormat']}")
+    columns = tuple(c.strip() for c in str(data.get("fileSchema", "")).split(","))
+    missing = [c for c in _REQUIRED_COLUMNS if c not in columns]
+    if missing:
+        raise UsageError(f"reconcile: {url}: the report has no {missing[0]} column (fileSchema)")
+    destination = str(data.get("destinationBucket") or "")
+    created = data.get("creationTimestamp")
+    return InventoryManifest(
+        url=url,
+        source_bucket=str(data["sourceBucket"]),
+        files_bucket=destination.rsplit(":", 1)[-1] if destination else bucket,
+        files=tuple(str(f["key"]) for f in data["files"]),
+        columns=columns,
+        created_at=datetime.fromtimestamp(int(created) / 1000, timezone.utc) if created else None,
+    )
+
+
+def _inventory_rows(
+    client: Any, manifest: InventoryManifest, file_key: str, prefix: str
+) -> Iterator[tuple[str, int, str, str]]:
+    """(key, size, etag, last modified) of current objects under ``prefix`` in one report file."""
+    at = {name: i for i, name in enumerate(manifest.columns)}
+    with storage.wrap_errors(f"read inventory file {file_key}", manifest.files_bucket):
+        body = client.get_object(Bucket=manifest.files_bucket, Key=file_key)["Body"]
+        try:
+            text = io.TextIOWrapper(gzip.GzipFile(fileobj=body), encoding="utf-8", newline="")
+            for record in csv.reader(text):
+                if not record:
+                    continue
+                if "Bucket" in at and record[at["Bucket"]] != manifest.source_bucket:
+                    continue
+                # Versioned reports list every version: keep what a listing shows.
+                if "IsLatest" in at and record[at["IsLatest"]].lower() != "true":
+                    continue
+                if "IsDeleteMarker" in at and record[at["IsDeleteMarker"]].lower() == "true":
+                    continue
+                key = urllib.parse.unquote_plus(record[at["Key"]])  # the report URL-encodes keys
+                if not key.startswith(prefix):
+                    continue
+                size = record[at["Size"]]
+                yield key, int(size) if size else 0, storage.strip_etag(record[at["ETag"]]), record[
+                    at["LastModifiedDate"]
+                ]
+        except (OSError, EOFError, zlib.error, csv.Error, UnicodeDecodeError, IndexError, ValueError) as exc:
+            raise StorageError(
+                f"s3: inventory file {file_key} is not a readable gzip CSV report ({_one_line(exc)})"
+            ) from exc
+
+
+def load_inventory(
+    conn: psycopg.Connection[Any], client: Any, manifest: InventoryManifest, prefix: str
+) -> int:
+    """COPY the report into a session temp table; return how many entries it holds.
+
+    The report is unsorted and may be large: PostgreSQL sorts it (see the
+    ``reconcile_inventory_objects`` query), not this process.
+    """
+    loaded = 0
+    with db.wrap_errors("load the inventory report"), conn.transaction():
+        conn.execute(db.query("reconcile_inventory_create"))
+        with conn.cursor().copy(db.query("reconcile_inventory_copy")) as copy:
+            for file_key in manifest.files:
+                for row in _inventory_rows(client, manifest, file_key, prefix):
+                    copy.write_row(row)
+                    loaded += 1
+    log.info("reconcile_inventory_loaded", manifest=manifest.url, entries=loaded)
+    return loaded
+
+
+def _inventory_objects(conn: psycopg.Connection[Any], key_range: KeyRange) -> Iterator[ObjectInfo]:
+    """The loaded report in key order (server-side cursor; inside a transaction)."""
+    cursor = conn.cursor(name=f"trr_inventory_{uuid.uuid4().hex[:12]}")
+    cursor.itersize = 5000
+    params = {"start_at": key_range.start_at, "stop_before": key_range.stop_before}
+    with db.wrap_errors("read the inventory report"):
+        cursor.execute(db.query("reconcile_inventory_objects"), params)
+        for key, size, etag, last_modified in cursor:
+            yield ObjectInfo(key, size or 0, etag or "", last_modified)
+    cursor.close()
+
+
+# --- progress ----------------------------------------------------------------------
+
+
+class TerminalProgress:
+    """A one-line counter on a terminal (stderr), redrawn at most twice a second."""
+
+    def __init__(self, stream: TextIO) -> None:
+        self._stream = stream
+        self._lock = threading.Lock()
+        self._keys = 0
+        self._units_done = 0
+        self._units = 0
+        self._phase = ""
+        self._drawn_at = 0.0
+
+    def start(self, phase: str, units: int) -> None:
+        with self._lock:
+            self._phase, self._units, self._units_done, self._keys = phase, units, 0, 0
+        self._draw(force=True)
+
+    def advance(self, keys_seen: int = 0, units_done: int = 0) -> None:
+        with self._lock:
+            self._keys += keys_seen
+            self._units_done += units_done
+        self._draw(force=bool(units_done))
+
+    def finish(self) -> None:
+        self._draw(force=True)
+        self._stream.write("\n")
+        self._stream.flush()
+
+    def _draw(self, *, force: bool = False) -> None:
+        now = time.monotonic()
+        with self._lock:
+            if not force and now - self._drawn_at < 0.5:
+                return
+            self._drawn_at = now
+            line = f"\rreconcile {self._phase}: {self._keys:,} keys, {self._units_done}/{self._units} shards\x1b[K"
+        self._stream.write(line)
+        self._stream.flush()
+
+
+# --- the run -----------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class _Unit:
+    bucket: str
+    key_range: KeyRange
+
+
+@dataclass
+class _BucketState:
+    plan: Counter[str] = field(default_factory=Counter)  # the counting pass (repair)
+    counts: Counter[str] = field(default_factory=Counter)  # the reporting pass
+    error: str | None = None  # the first listing or query failure
+    refusal: str | None = None
+    object_budget: int = 0  # deletions the second pass may make, at most what the first counted
+    row_budget: int = 0
+
+
+def _verdict(d: Diff, cutoff: datetime, quarantine_prefix: str) -> str | None:
+    """What one key is: a finding kind, or a counter name, or None (in sync)."""
+    if d.kind is Kind.ONLY_IN_S3:
+        assert d.obj is not None
+        if d.key.startswith(quarantine_prefix):
+            return "in_quarantine"
+        return "skipped_recent" if d.obj.last_modified > cutoff else "orphaned_object"
+    if d.kind is Kind.ONLY_IN_DB:
+        assert d.row is not None
+        return "skipped_recent" if d.row.updated_at > cutoff else "orphaned_row"
+    if d.kind is Kind.CHANGED:
+        return "mismatch"
+    if d.kind is Kind.PENDING_DELETE:
+        return "pending_deletes"
+    return None
+
+
+_COUNTER_OF = {"orphaned_object": "orphaned_objects", "orphaned_row": "orphaned_rows", "mismatch": "mismatched"}
+
+
+def finding(kind: str, bucket: str, d: Diff, action: str, **extra: Any) -> dict[str, Any]:
+    """One finding as reports show it (SPEC: reconcile, jsonl)."""
+    out: dict[str, Any] = {"kind": kind, "bucket": bucket, "key": d.key}
+    if d.obj is not None:
+        out.update(size=d.obj.size, etag=d.obj.etag, last_modified=_iso(d.obj.last_modified))
+    if d.row is not None:
+        out["asset_id"] = str(d.row.asset_id)
+        if d.obj is None:
+            out.update(size=d.row.size, etag=d.row.etag)
+        else:
+            out.update(row_size=d.row.size, row_etag=d.row.etag)
+        out["updated_at"] = _iso(d.row.updated_at)
+    out["action"] = action
+    out.update({k: v for k, v in extra.items() if v is not None})
+    return out
+
+
+class _Reconciler:
+    """The state of one run, shared by the shard threads."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        options: ReconcileOptions,
+        client: Any,
+        buckets: list[str],
+        prefix: str,
+        cutoff: datetime,
+        sink: Sink | None,
+        progress: TerminalProgress | None,
+        inventory: InventoryManifest | None,
+    ) -> None:
+        self.settings = settings
+        self.options = options
+        self.client = client
+        self.buckets = buckets
+        self.prefix = prefix
+        self.cutoff = cutoff
+        self.sink = sink
+        self.progress = progress
+        self.inventory = inventory
+        self.states = {bucket: _BucketState() for bucket in buckets}
+        self.lock = threading.Lock()  # guards states, budgets and the sink
+        self.workers = 1 if inventory else settings.s3.list_concurrency
+        self.pool = db.make_pool(
+            settings.database,
+            name="trr-assets reconcile",
+            min_size=0,
+            max_size=self.workers * (2 if options.repair else 1),
+        )
+        self.inventory_conn: psycopg.Connection[Any] | None = None
+
+    # -- orchestration
+
+    def execute(self) -> None:
+        with contextlib.ExitStack() as stack:
+            self.pool.open()
+            stack.callback(self.pool.close)
+            units = self._units(stack)
+            if not self.options.repair:
+                self._pass(units, phase="scan", emit=True, act=False)
+                return
+            self._pass(units, phase="count", emit=False, act=False)
+            self._judge()
+            wanted = [u for u in units if self.states[u.bucket].error is None]
+            self._pass(wanted, phase="repair", emit=True, act=True)
+
+    def _units(self, stack: contextlib.ExitStack) -> list[_Unit]:
+        if self.inventory is None:
+            ranges = keys.shard_ranges(self.prefix, self.settings.s3.list_shards)
+            return [_Unit(bucket, r) for bucket in self.buckets for r in ranges]
+        bucket = self.buckets[0]
+        conn = db.connect(self.settings.database, application_name="trr-assets reconcile inventory")
+        stack.callback(conn.close)
+        try:
+            load_inventory(conn, self.client, self.inventory, self.prefix)
+        except TrrAssetsError as exc:
+            self._fail(bucket, exc)
+        self.inventory_conn = conn
+        return [_Unit(bucket, diff.prefix_range(self.prefix))]
+
+    def _pass(self, units: list[_Unit], *, phase: str, emit: bool, act: bool) -> None:
+        if self.progress:
+            self.progress.start(phase, len(units))
+        with ThreadPoolExecutor(max_workers=max(1, min(self.workers, len(units))),
+                                thread_name_prefix="reconcile") as pool:
+            futures = [pool.submit(self._run_unit, unit, emit=emit, act=act) for unit in units]
+            for future in futures:
+                future.result()  # a bug (not a listing or query failure) stops the run
+        if emit:
+            for bucket in dict.fromkeys(u.bucket for u in units):
+                self._count_failed_deletes(bucket)
+        if self.progress:
+            self.progress.finish()
+
+    def _fail(self, bucket: str, exc: BaseException) -> None:
+        with self.lock:
+            state = self.states[bucket]
+            if state.error is None:
+                state.error = _one_line(exc)
+        log.error("reconcile_bucket_failed", bucket=bucket, error=_one_line(exc))
+
+    # -- one unit: merge, classify, report, act
+
+    def _run_unit(self, unit: _Unit, *, emit: bool, act: bool) -> None:
+        state = self.states[unit.bucket]
+        if state.error is not None:
+            return
+        counts: Counter[str] = Counter()
+        seen = in_sync = 0
+        same = Kind.SAME
+        try:
+            with db.wrap_errors(f"reconcile bucket {unit.bucket}"), contextlib.ExitStack() as stack:
+                conn = stack.enter_context(self.pool.connection())
+                act_conn = stack.enter_context(self.pool.connection()) if act else None
+                stack.enter_context(conn.transaction())
+                for d in self._diffs(stack, conn, unit):
+                    seen += 1
+                    if self.progress and seen % 1000 == 0:
+                        self.progress.advance(1000)
+                    if d.kind is same:  # the common case, kept cheap
+                        in_sync += 1
+                        continue
+                    if act and state.error is not None:
+                        return  # another shard of this bucket failed: stop repairing it
+                    self._handle(d, unit.bucket, counts, emit=emit, act_conn=act_conn)
+        except (TrrAssetsError, ValueError) as exc:  # ValueError: a stream out of order
+            self._fail(unit.bucket, exc)
+        finally:
+            counts["objects_scanned"] += in_sync
+            counts["rows_scanned"] += in_sync
+            with self.lock:
+                (state.counts if emit else state.plan).update(counts)
+            if self.progress:
+                self.progress.advance(seen % 1000, units_done=1)
+
+    def _diffs(self, stack: contextlib.ExitStack, conn: psycopg.Connection[Any], unit: _Unit) -> Iterator[Diff]:
+        rows = diff.stream_rows(conn, unit.bucket, unit.key_range)
+        if self.inventory_conn is not None:
+            stack.enter_context(self.inventory_conn.transaction())
+            return diff.merge(_inventory_objects(self.inventory_conn, unit.key_range), rows)
+        objects = storage.list_objects(
+            self.client,
+            unit.bucket,
+            prefix=self.prefix,
+            start_at=unit.key_range.start_at,
+            stop_before=unit.key_range.stop_before,
+            page_size=LIST_PAGE_SIZE,
+        )
+        return diff.merge(objects, rows)
+
+    def _handle(
+        self,
+        d: Diff,
+        bucket: str,
+        counts: Counter[str],
+        *,
+        emit: bool,
+        act_conn: psycopg.Connection[Any] | None,
+    ) -> None:
+        verdict = _verdict(d, self.cutoff, self.settings.reconcile.quarantine_prefix)
+        if d.obj is not None and verdict != "in_quarantine":
+            counts["objects_scanned"] += 1
+        if d.row is not None and d.row.asset_id is not None:
+            counts["rows_scanned"] += 1
+        if verdict is None:
+            return
+        if verdict not in _COUNTER_OF:
+            counts[verdict] += 1
+            return
+        counts[_COUNTER_OF[verdict]] += 1
+        if not emit:
+            return
+        extra: dict[str, Any] = {}
+        action = "none"
+        if act_conn is not None:
+            action, extra = self._repair(verdict, bucket, d, act_conn)
+            counter = self._repair_counter(verdict, action)
+            if counter:
+                counts[counter] += 1
+        if self.sink is not None:
+            item = finding(verdict, bucket, d, action, **extra)
+            with self.lock:
+                self.sink(item)
+
+    @staticmethod
+    def _repair_counter(verdict: str, action: str) -> str | None:
+        if action == "deleted":
+            return "deleted_objects" if verdict == "orphaned_object" else "deleted_rows"
+        return {
+            "imported": "imported",
+            "quarantined": "quarantined",
+            "refreshed": "refreshed",
+            "skipped": "skipped",
+            "failed": "action_errors",
+        }.get(action)
+
+    # -- repairs: each re-checks its candidate live first
+
+    def _repair(
+        self, verdict: str, bucket: str, d: Diff, conn: psycopg.Connection[Any]
+    ) -> tuple[str, dict[str, Any]]:
+        """(action, extra fields) for one finding in the repair pass."""
+        state = self.states[bucket]
+        if state.refusal is not None:
+            return "refused", {}
+        try:
+            if verdict == "orphaned_object":
+                return self._repair_object(bucket, d, conn)
+            if verdict == "orphaned_row":
+                return self._repair_row(bucket, d, conn)
+            return self._refresh(bucket, d, conn)
+        except TrrAssetsError as exc:
+            log.warning("reconcile_repair_failed", bucket=bucket, key=d.key, error=_one_line(exc))
+            return "failed", {"error": _one_line(exc)}
+
+    def _take_budget(self, bucket: str, kind: str) -> bool:
+        with self.lock:
+            state = self.states[bucket]
+            if kind == "object" and state.object_budget > 0:
+                state.object_budget -= 1
+                return True
+            if kind == "row" and state.row_budget > 0:
+                state.row_budget -= 1
+                return True
+            return False
+
+    def _repair_object(self, bucket: str, d: Diff, conn: psycopg.Connection[Any]) -> tuple[str, dict[str, Any]]:
+        assert d.obj is not None
+        policy = self.settings.reconcile.orphaned_objects
+        if policy == "report":
+            return "none", {}
+        if policy == "import":
+            outcome = import_object(conn, self.client, bucket, d.obj, settings=self.settings)
+            if outcome == "imported":
+                log.info("reconcile_object_imported", bucket=bucket, key=d.key)
+                return "imported", {}
+            return "skipped", {"reason": outcome}
+        if not self._take_budget(bucket, "object"):
+            return "skipped", {"reason": "over_counted_plan"}
+        head = _head(self.client, bucket, d.key)
+        if head is None:
+            return "skipped", {"reason": "gone"}
+        if head.etag != d.obj.etag or head.last_modified > self.cutoff:
+            return "skipped", {"reason": "changed"}
+        with db.wrap_errors(f"re-check {d.key}"), conn.transaction():
+            claimed = conn.execute(db.query("reconcile_key_claimed"), {"bucket": bucket, "key": d.key}).fetchone()
+        if claimed and claimed[0]:
+            return "skipped", {"reason": "claimed"}
+        if policy == "quarantine":
+            target = self.settings.reconcile.quarantine_prefix + d.key
+            if not self._copy_aside(bucket, d.key, target, head):
+                return "skipped", {"reason": "changed"}
+            self._delete_object(bucket, d.key)
+            log.info("reconcile_object_quarantined", bucket=bucket, key=d.key, quarantine_key=target)
+            return "quarantined", {"quarantine_key": target}
+        self._delete_object(bucket, d.key)
+        log.info("reconcile_object_deleted", bucket=bucket, key=d.key)
+        return "deleted", {}
+
+    def _copy_aside(self, bucket: str, key: str, target: str, head: _Head) -> bool:
+        """Copy the object (the version just checked) to ``target``; False if it changed."""
+        source = {"Bucket": bucket, "Key": key}
+        try:
+            with storage.wrap_errors("copy object to quarantine", bucket):
+                if head.size <= _SINGLE_COPY_LIMIT:
+                    self.client.copy_object(
+                        Bucket=bucket, Key=target, CopySource=source,
+                        CopySourceIfMatch=f'"{head.etag}"', MetadataDirective="COPY",
+                    )
+                else:
+                    self.client.copy(source, bucket, target, ExtraArgs={"CopySourceIfMatch": f'"{head.etag}"'})
+        except StorageError as exc:
+            if storage.error_code(exc.__cause__ or exc) in _PRECONDITION_CODES:
+                return False
+            raise
+        return True
+
+    def _delete_object(self, bucket: str, key: str) -> None:
+        with storage.wrap_errors("delete object", bucket):
+            self.client.delete_object(Bucket=bucket, Key=key)
+
+    def _repair_row(self, bucket: str, d: Diff, conn: psycopg.Connection[Any]) -> tuple[str, dict[str, Any]]:
+        assert d.row is not None
+        if self.settings.reconcile.orphaned_rows == "report":
+            return "none", {}
+        if not self._take_budget(bucket, "row"):
+            return "skipped", {"reason": "over_counted_plan"}
+        with db.wrap_errors(f"delete orphaned row {d.row.asset_id}"), conn.transaction():
+            # The row lock holds off an upsert of this row until we are done:
+            # re-read, check S3, delete, all under it.
+            current = conn.execute(db.query("reconcile_lock_row"), {"id": d.row.asset_id}).fetchone()
+            if current is None:
+                return "skipped", {"reason": "gone"}
+            if current[0] != d.row.updated_at:
+                return "skipped", {"reason": "changed"}
+            if _head(self.client, bucket, d.key) is not None:
+                return "skipped", {"reason": "object_exists"}
+            conn.execute(db.query("reconcile_delete_row"), {"id": d.row.asset_id})
+        log.info("reconcile_row_deleted", bucket=bucket, key=d.key, asset_id=str(d.row.asset_id))
+        return "deleted", {}
+
+    def _refresh(self, bucket: str, d: Diff, conn: psycopg.Connection[Any]) -> tuple[str, dict[str, Any]]:
+        assert d.row is not None
+        head = _head(self.client, bucket, d.key)
+        if head is None:
+            return "skipped", {"reason": "gone"}
+        params = {"id": d.row.asset_id, "size": head.size, "etag": head.etag, "content_type": head.content_type}
+        with db.wrap_errors(f"refresh row {d.row.asset_id}"), conn.transaction():
+            updated = conn.execute(db.query("reconcile_refresh_row"), params).fetchone()
+        if updated is None:
+            return "skipped", {"reason": "gone_or_current"}
+        log.info("reconcile_row_refreshed", bucket=bucket, key=d.key, asset_id=str(d.row.asset_id))
+        return "refreshed", {}
+
+    # -- judging a bucket before repair
+
+    def _judge(self) -> None:
+        rc = self.settings.reconcile
+        for bucket, state in self.states.items():
+            if state.error is not None:
+                state.refusal = (
+                    f"bucket {bucket}: repair refused, its listing or a query failed part way "
+                    f"({state.error}); nothing was changed"
+                )
+            else:
+                plan = state.plan
+                state.object_budget = plan["orphaned_objects"] if rc.orphaned_objects in OBJECT_POLICIES_THAT_DELETE else 0
+                state.row_budget = plan["orphaned_rows"] if rc.orphaned_rows == "delete" else 0
+                problems = limit_problems(
+                    state.object_budget, state.row_budget, plan["objects_scanned"], plan["rows_scanned"],
+                    max_deletes=rc.max_deletes, max_fraction=rc.max_delete_fraction,
+                )
+                if problems and not self.options.force:
+                    state.refusal = f"bucket {bucket}: repair refused, " + "; ".join(problems) + " (--force overrides)"
+            if state.refusal:
+                log.warning("reconcile_bucket_refused", bucket=bucket, reason=state.refusal)
+
+    def _count_failed_deletes(self, bucket: str) -> None:
+        state = self.states[bucket]
+        if state.error is not None:
+            return
+        r = diff.prefix_range(self.prefix)
+        try:
+            with db.wrap_errors(f"count failed deletions of bucket {bucket}"), self.pool.connection() as conn:
+                row = conn.execute(
+                    db.query("reconcile_count_failed_deletes"),
+                    {"bucket": bucket, "start_at": r.start_at, "stop_before": r.stop_before},
+                ).fetchone()
+        except TrrAssetsError as exc:
+            self._fail(bucket, exc)
+            return
+        with self.lock:
+            state.counts["failed_deletes"] += int(row[0]) if row else 0
+
+    # -- the result
+
+    def summary(self, started_at: datetime, duration: float, run_id: int | None) -> ReconcileSummary:
+        total: Counter[str] = Counter()
+        refused, failed = [], []
+        for bucket, state in self.states.items():
+            total.update(state.counts)
+            if self.options.repair and state.refusal:
+                refused.append(state.refusal)
+            elif state.error is not None:
+                failed.append(f"bucket {bucket}: {state.error}")
+        return ReconcileSummary(
+            dry_run=not self.options.repair,
+            buckets=tuple(self.buckets),
+            prefix=self.prefix,
+            source="inventory" if self.inventory else "listing",
+            **{name: total[name] for name in (*SCAN_COUNTS, *REPAIR_COUNTS)},
+            refused=refused,
+            failed=failed,
+            started_at=started_at,
+            duration_seconds=duration,
+            run_id=run_id,
+        )
+
+
+def limit_problems(
+    object_deletes: int, row_deletes: int, objects: int, rows: int, *, max_deletes: int, max_fraction: float
+) -> list[str]:
+    """Which safety limit the planned deletions of one bucket break, and by how much."""
+    problems = []
+    total = object_deletes + row_deletes
+    if total > max_deletes:
+        problems.append(
+            f"{_count(total, 'deletion')} {'exceeds' if total == 1 else 'exceed'} "
+            f"reconcile.max_deletes {max_deletes} by {total - max_deletes}"
+        )
+    for what, wanted, of in (("object", object_deletes, objects), ("row", row_deletes, rows)):
+        limit = math.floor(max_fraction * of)
+        if wanted > max_fraction * of:
+            problems.append(
+                f"{_count(wanted, what + ' deletion')} would be {wanted / max(of, 1):.1%} of its "
+                f"{_count(of, what)}, above reconcile.max_delete_fraction {max_fraction:g} "
+                f"(limit {limit}, over by {wanted - limit})"
+            )
+    return problems
+
+
+def _count(n: int, noun: str) -> str:
+    return f"{n} {noun}" + ("" if n == 1 else "s")
+
+
+# --- history -----------------------------------------------------------------------
+
+
+def _record_start(settings: Settings, dry_run: bool, buckets: list[str], prefix: str, run_by: str) -> int:
+    with db.connect(settings.database, autocommit=True) as conn, db.wrap_errors("record the reconcile run"):
+        row = conn.execute(
+            db.query("reconcile_run_start"),
+            {"dry_run": dry_run, "buckets": buckets, "prefix": prefix, "run_by": run_by},
+        ).fetchone()
+    assert row is not None
+    return int(row[0])
+
+
+def _record_finish(settings: Settings, run_id: int, outcome: str, counts: dict[str, Any], error: str | None) -> None:
+    with db.connect(settings.database, autocommit=True) as conn, db.wrap_errors("record the reconcile run"):
+        conn.execute(
+            db.query("reconcile_run_finish"),
+            {"id": run_id, "outcome": outcome, "counts": Jsonb(counts), "error": error},
+        )
+
+
+def _outcome(summary: ReconcileSummary) -> str:
+    if summary.refused:
+        return "refused"
+    if summary.failed or summary.action_errors:
+        return "failed"
+    if not summary.drift:
+        return "clean"
+    return "drift" if summary.dry_run else "repaired"
+
+
+def history(settings: Settings, limit: int = HISTORY_LIMIT) -> list[dict[str, Any]]:
+    """The last recorded runs, newest first."""
+    with db.connect(settings.database, autocommit=True) as conn, db.wrap_errors("read the reconcile history"):
+        cursor = conn.execute(db.query("reconcile_history"), {"limit": limit})
+        names = [c.name for c in cursor.description or ()]
+        rows = [dict(zip(names, r, strict=True)) for r in cursor]
+    for row in rows:
+        for name in ("started_at", "finished_at"):
+            row[name] = _iso(row[name]) if row[name] else None
+    return rows
+
+
+# --- the entry points --------------------------------------------------------------
+
+
+def run(
+    settings: Settings,
+    options: ReconcileOptions,
+    *,
+    sink: Sink | None = None,
+    client: Any = None,
+    clock: Callable[[], datetime] = _utcnow,
+    progress: TerminalProgress | None = None,
+) -> ReconcileSummary:
+    """Classify every key, report each finding to ``sink`` as it is found, repair on request.
+
+    ``sink`` is called from several threads, one call at a time. Raises
+    ``ReconcileRefused`` (exit 4) after all buckets were processed if any
+    bucket's repair was refused, ``ReconcileIncomplete`` (exit 1) if a
+    bucket could not be read whole or a repair failed; both carry the summary.
+    """
+    client = client or storage.make_client(
+        settings.s3, max_pool_connections=max(32, 2 * settings.s3.list_concurrency)
+    )
+    prefix = settings.s3.prefix if options.prefix is None else options.prefix
+    grace = settings.reconcile.grace_seconds if options.grace_seconds is None else options.grace_seconds
+    manifest = read_manifest(client, options.inventory) if options.inventory else None
+    buckets = _buckets(settings, options, manifest)
+    started_at = clock()
+    # Grace is judged against the report's date when reading an inventory:
+    # anything newer than the report cannot be judged from it.
+    reference = min(started_at, manifest.created_at) if manifest and manifest.created_at else started_at
+    cutoff = reference - timedelta(seconds=grace)
+    run_by = options.run_by or default_run_by()
+    run_id = _record_start(settings, not options.repair, buckets, prefix, run_by)
+    log.info("reconcile_started", run_id=run_id, buckets=buckets, prefix=prefix, repair=options.repair,
+             grace_seconds=grace, source="inventory" if manifest else "listing")
+    began = time.monotonic()
+    reconciler = _Reconciler(settings, options, client, buckets, prefix, cutoff, sink, progress, manifest)
+    try:
+        reconciler.execute()
+    except BaseException as exc:
+        _record_finish(settings, run_id, "failed", {}, _one_line(exc))
+        raise
+    summary = reconciler.summary(started_at, time.monotonic() - began, run_id)
+    errors = [*summary.refused, *summary.failed]
+    _record_finish(settings, run_id, _outcome(summary), summary.counts(), "; ".join(errors) or None)
+    log.info("reconcile_finished", run_id=run_id, drift=summary.drift, **summary.counts())
+    if summary.refused:
+        raise ReconcileRefused(summary)
+    if summary.failed:
+        raise ReconcileIncomplete(summary, "reconcile: " + "; ".join(summary.failed))
+    if summary.action_errors:
+        raise ReconcileIncomplete(summary, f"reconcile: {summary.action_errors} repairs failed (see the report)")
+    return summary
+
+
+def _buckets(settings: Settings, options: ReconcileOptions, manifest: InventoryManifest | None) -> list[str]:
+    buckets = list(dict.fromkeys(options.buckets or settings.s3.buckets))
+    if manifest is not None:
+        if options.buckets and list(options.buckets) != [manifest.source_bucket]:
+            raise UsageError(
+                f"reconcile: the inventory report is of bucket {manifest.source_bucket}, "
+                f"not {', '.join(options.buckets)}"
+            )
+        return [manifest.source_bucket]
+    if not buckets:
+        raise UsageError("reconcile: no bucket to reconcile (set s3.buckets or pass --bucket)")
+    return buckets
+
+
+# --- the command line --------------------------------------------------------------
+
+
+class JsonlReport:
+    """One JSON object per line: each finding as it comes, then the summary."""
+
+    def __init__(self, out: TextIO) -> None:
+        self.out = out
+
+    def finding(self, item: dict[str, Any]) -> None:
+        self.out.write(json.dumps(item) + "\n")
+
+    def summary(self, summary: ReconcileSummary) -> None:
+        self.out.write(json.dumps({"kind": "summary", **summary.as_dict()}) + "\n")
+
+
+class TextReport:
+    """A table of findings, written as they come, then the totals."""
+
+    def __init__(self, out: TextIO) -> None:
+        self.out = out
+        self.rows = 0
+
+    def finding(self, item: dict[str, Any]) -> None:
+        if self.rows == 0:
+            self.out.write(f"{'KIND':<16} {'ACTION':<12} {'SIZE':>12}  BUCKET/KEY  DETAIL\n")
+        self.rows += 1
+        size = "" if item.get("size") is None else str(item["size"])
+        self.out.write(
+            f"{item['kind']:<16} {item['action']:<12} {size:>12}  {item['bucket']}/{_printable(item['key'])}  "
+            f"{self._detail(item)}\n"
+        )
+
+    @staticmethod
+    def _detail(item: dict[str, Any]) -> str:
+        parts = []
+        if item["kind"] == "orphaned_object":
+            parts.append(f"modified {item['last_modified']}")
+        elif item["kind"] == "orphaned_row":
+            parts.append(f"asset {item['asset_id']}, updated {item['updated_at']}")
+        else:
+            parts.append(
+                f"asset {item['asset_id']}: object {item['size']} bytes etag {item['etag']}, "
+                f"row {item['row_size']} bytes etag {item['row_etag']}"
+            )
+        for name in ("reason", "quarantine_key", "error"):
+            if item.get(name):
+                parts.append(f"{name.replace('_', ' ')}: {item[name]}")
+        return "; ".join(parts)
+
+    def summary(self, summary: ReconcileSummary) -> None:
+        if self.rows == 0:
+            self.out.write("No findings.\n")
+        mode = "dry run" if summary.dry_run else "repair"
+        where = ", ".join(summary.buckets)
+        self.out.write(f"\nReconcile ({mode}, from the {summary.source}) of {where} under {summary.prefix!r}:\n")
+        names = SCAN_COUNTS if summary.dry_run else (*SCAN_COUNTS, *REPAIR_COUNTS)
+        for name in names:
+            self.out.write(f"  {name.replace('_', ' '):<18} {getattr(summary, name):>12,}\n")
+        self.out.write(f"  {'duration':<18} {summary.duration_seconds:>11.1f}s\n")
+        self.out.write("Drift found.\n" if summary.drift else "No drift.\n")
+        for line in summary.refused:
+            self.out.write(f"REFUSED: {line}\n")
+        for line in summary.failed:
+            self.out.write(f"FAILED: {line}\n")
+
+
+def _printable(key: str) -> str:
+    """A key on one table line: control characters (legal in S3 keys) escaped."""
+    return _CONTROL.sub(lambda m: f"\\x{ord(m.group()):02x}", key)
+
+
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+
+
+def _history_text(runs: list[dict[str, Any]], out: TextIO) -> None:
+    if not runs:
+        out.write("No reconcile runs recorded yet.\n")
+        return
+    out.write(
+        f"{'ID':>5}  {'STARTED':<20}  {'MODE':<7}  {'OUTCOME':<8}  {'OBJECTS':>9}  {'ROWS':>9}  "
+        f"{'ORPH_OBJ':>8}  {'ORPH_ROW':>8}  {'MISMATCH':>8}  {'SECONDS':>7}  RUN BY\n"
+    )
+    for r in runs:
+        c = r["counts"] or {}
+        seconds = ""
+        if r["finished_at"]:
+            start = datetime.fromisoformat(r["started_at"])
+            seconds = f"{(datetime.fromisoformat(r['finished_at']) - start).total_seconds():.1f}"
+        out.write(
+            f"{r['id']:>5}  {r['started_at'][:19]:<20}  {'dry-run' if r['dry_run'] else 'repair':<7}  "
+            f"{r['outcome']:<8}  {c.get('objects_scanned', 0):>9}  {c.get('rows_scanned', 0):>9}  "
+            f"{c.get('orphaned_objects', 0):>8}  {c.get('orphaned_rows', 0):>8}  {c.get('mismatched', 0):>8}  "
+            f"{seconds:>7}  {r['run_by']}\n"
+        )
+
+
+@contextlib.contextmanager
+def _output(path: str | None) -> Iterator[TextIO]:
+    if path is None:
+        yield sys.stdout
+        sys.stdout.flush()
+        return
+    try:
+        handle = open(path, "w", encoding="utf-8")  # noqa: SIM115 - closed below
+    except OSError as exc:
+        raise UsageError(f"reconcile: cannot write --output {path}: {exc.strerror}") from exc
+    with handle:
+        yield handle
+
+
+def run_cli(args: argparse.Namespace, settings: Settings) -> int:
+    """``trr-assets reconcile``: report (jsonl or text), history, exit codes."""
+    if args.history:
+        if args.repair or args.inventory:
+            raise UsageError("reconcile: --history only prints past runs; drop --repair and --inventory")
+        with _output(args.output) as out:
+            runs = history(settings)
+            if args.format == "jsonl":
+                for r in runs:
+                    out.write(json.dumps(r, default=str) + "\n")
+            else:
+                _history_text(runs, out)
+        return 0
+    options = ReconcileOptions(
+        repair=bool(args.repair),
+        buckets=args.bucket or None,
+        prefix=args.prefix,
+        grace_seconds=args.grace_seconds,
+        force=bool(args.force),
+        inventory=args.inventory,
+    )
+    progress = TerminalProgress(sys.stderr) if sys.stderr.isatty() else None
+    with _output(args.output) as out:
+        report = JsonlReport(out) if args.format == "jsonl" else TextReport(out)
+        try:
+            summary = run(settings, options, sink=report.finding, progress=progress)
+        except (ReconcileRefused, ReconcileIncomplete) as exc:
+            report.summary(exc.summary)
+            raise
+        report.summary(summary)
+    if args.exit_code and summary.drift:
+        raise DriftFound(
+            f"reconcile: drift found: {summary.orphaned_objects} orphaned objects, "
+            f"{summary.orphaned_rows} orphaned rows, {summary.mismatched} mismatched, "
+            f"{summary.failed_deletes} failed deletions"
+        )
+    return 0
