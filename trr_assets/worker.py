@@ -43,7 +43,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass, is_dataclass
+from dataclasses import dataclass
 from datetime import datetime, timezone
 from types import FrameType
 from typing import Any
@@ -57,7 +57,7 @@ from apscheduler.triggers.base import BaseTrigger
 from apscheduler.triggers.cron import CronTrigger
 from apscheduler.triggers.interval import IntervalTrigger
 
-from trr_assets import db, storage
+from trr_assets import db, deletes, reconcile, storage, sync
 from trr_assets.config import Settings
 from trr_assets.errors import RepairRefused, TrrAssetsError
 
@@ -100,27 +100,15 @@ class Job:
     misfire_grace_seconds: int = 1  # a run this late still runs (coalesced into one)
 
 
-def _counts(report: Any) -> dict[str, Any]:
-    if hasattr(report, "as_dict"):
-        return dict(report.as_dict())
-    if is_dataclass(report) and not isinstance(report, type):
-        return asdict(report)
-    return {}
-
-
 def run_sync(ctx: JobContext) -> JobResult:
-    from trr_assets import sync
-
     # ``stop`` ends the pass after the batches in flight.
     report = sync.run(ctx.settings, client=ctx.s3, progress=False, stop=ctx.stop)
-    return JobResult(_counts(report), tuple(report.failed))
+    return JobResult(report.as_dict(), tuple(report.failed))
 
 
 def run_deletes(ctx: JobContext) -> JobResult:
-    from trr_assets import deletes
-
     # Asked between batches; a batch once taken is always finished.
-    return JobResult(_counts(deletes.drain(ctx.settings, client=ctx.s3, should_stop=ctx.stop.is_set)))
+    return JobResult(deletes.drain(ctx.settings, client=ctx.s3, should_stop=ctx.stop.is_set).as_dict())
 
 
 def repairs(settings: Settings) -> bool:
@@ -130,10 +118,11 @@ def repairs(settings: Settings) -> bool:
 
 
 def run_reconcile(ctx: JobContext) -> JobResult:
-    from trr_assets import reconcile
-
+    # No stop hook: a reconcile in progress at shutdown runs to its end or
+    # to the shutdown timeout. Refused and incomplete runs raise, carrying
+    # their summary (see _carried_counts).
     options = reconcile.ReconcileOptions(repair=repairs(ctx.settings), run_by=f"worker@{socket.gethostname()}")
-    return JobResult(_counts(reconcile.run(ctx.settings, options, client=ctx.s3)))
+    return JobResult(reconcile.run(ctx.settings, options, client=ctx.s3).as_dict())
 
 
 def every(seconds: float) -> IntervalTrigger:
@@ -439,7 +428,7 @@ def _handling_signals(handler: Callable[[int, FrameType | None], None]) -> Itera
 def _carried_counts(exc: BaseException) -> dict[str, Any]:
     """``{"counts": ...}`` when the error carries the run's report (reconcile's do)."""
     report = getattr(exc, "summary", None)
-    return {"counts": _counts(report)} if report is not None else {}
+    return {"counts": dict(report.as_dict())} if report is not None else {}
 
 
 def _since(started: float) -> float:
