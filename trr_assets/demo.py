@@ -87,7 +87,7 @@ def run(*, keep: bool = False, debug: bool = False) -> int:
             f"demo: needs the demo extras ({exc.name} is missing): pip install 'trr-assets[demo]'"
         ) from exc
     started = time.monotonic()
-    with ExitStack() as cleanup, _sigterm_as_interrupt():
+    with ExitStack() as cleanup, _signals_as_interrupt():
         workdir = Path(tempfile.mkdtemp(prefix="trr-assets-demo-"))
         cleanup.callback(shutil.rmtree, workdir, ignore_errors=True)
         cleanup.callback(_say, "cleaned up: PostgreSQL and the local S3 stopped, their data deleted")
@@ -116,11 +116,31 @@ def _start_postgres(workdir: Path, cleanup: ExitStack) -> str:
 
     t = time.monotonic()
     _step("starting PostgreSQL (pgserver) in a temporary directory")
-    server = pgserver.get_server(workdir / "pgdata", cleanup_mode="delete")
+    pgdata = workdir / "pgdata"
+    # Registered first, so it runs after server.cleanup: a Ctrl-C during the
+    # start can leave a server that pgserver has not handed over yet.
+    cleanup.callback(_stop_leftover_postgres, pgdata)
+    server = pgserver.get_server(pgdata, cleanup_mode="delete")
     cleanup.callback(server.cleanup)
     url = server.get_uri()
     _say(f"  {url} ({time.monotonic() - t:.1f} s)")
     return url
+
+
+def _stop_leftover_postgres(pgdata: Path, timeout: float = 15.0) -> None:
+    """Fast-shut-down the postmaster named in ``pgdata/postmaster.pid``, if any."""
+    try:
+        pid = int((pgdata / "postmaster.pid").read_text().split("\n", 1)[0])
+    except (OSError, ValueError):
+        return
+    try:
+        os.kill(pid, signal.SIGINT)  # PostgreSQL's "fast" shutdown
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            os.kill(pid, 0)
+            time.sleep(0.1)
+    except ProcessLookupError:
+        return
 
 
 def _start_s3(cleanup: ExitStack) -> str:
@@ -180,8 +200,12 @@ def _demo_environment(config: Path, *, quiet: bool) -> Iterator[None]:
 
 
 @contextmanager
-def _sigterm_as_interrupt() -> Iterator[None]:
-    """SIGTERM unwinds like Ctrl-C, so the cleanup runs for both."""
+def _signals_as_interrupt() -> Iterator[None]:
+    """SIGTERM and SIGINT unwind as KeyboardInterrupt, so the cleanup runs.
+
+    SIGINT too, since a shell that starts the demo in the background has it
+    ignored, and Ctrl-C (or ``kill -INT``) must still end ``--keep``.
+    """
     if threading.current_thread() is not threading.main_thread():
         yield
         return
@@ -189,11 +213,12 @@ def _sigterm_as_interrupt() -> Iterator[None]:
     def interrupt(signum: int, frame: FrameType | None) -> None:
         raise KeyboardInterrupt
 
-    previous = signal.signal(signal.SIGTERM, interrupt)
+    previous = {sig: signal.signal(sig, interrupt) for sig in (signal.SIGTERM, signal.SIGINT)}
     try:
         yield
     finally:
-        signal.signal(signal.SIGTERM, previous)
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
 
 
 def _keep_running(config: Path) -> None:
@@ -253,6 +278,8 @@ class _Demo:
 
         _step("$ trr-assets " + " ".join(args))
         code = cli.main([*(["--debug"] if self.debug else []), *args])
+        if code == 130:  # the command saw the Ctrl-C (and said so): unwind the demo too
+            raise KeyboardInterrupt
         if code != 0:
             raise TrrAssetsError(f"demo: `trr-assets {' '.join(args)}` exited {code}")
 
