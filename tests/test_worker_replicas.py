@@ -16,7 +16,7 @@ import psycopg
 import pytest
 
 from tests.conftest import make_show
-from tests.worker_helpers import Process, moto_server, s3_client, wait_until, worker_env
+from tests.worker_helpers import MotoServer, Process, moto_server, s3_client, wait_until, worker_env
 from trr_assets import db
 from trr_assets.config import DatabaseSettings
 
@@ -308,3 +308,38 @@ def _row_keys_at(url: str, bucket: str) -> set[str]:
             return _row_keys(conn, bucket)
     except psycopg.OperationalError:
         return set()
+
+
+def test_the_worker_survives_an_s3_outage_and_resumes(db_url, conn, tmp_path):
+    bucket = "trr-s3-outage"
+    s3_server = MotoServer()
+    s3_server.start()
+    try:
+        s3 = s3_client(s3_server.endpoint)
+        first, _ = _plant(conn, s3, bucket, objects=4)
+        show = next(iter(first)).split("/")[1]
+        env = worker_env(db_url, s3_server.endpoint, bucket, s3_max_attempts=1,
+                         worker_reconcile_interval_seconds=3600)
+        worker = Process(["worker"], env, tmp_path / "worker.log")
+        try:
+            wait_until(lambda: _row_keys(conn, bucket) == first, "the first sync", watch=[worker])
+            s3_server.stop()
+            seen = len(worker.events())
+            wait_until(lambda: [e for e in worker.events()[seen:]
+                                if e["event"] == "job_failed" and e["job"] == "sync"],
+                       "a sync to fail while S3 is down", watch=[worker])
+            s3_server.start()  # same port, same objects
+            later = {f"shows/{show}/after-outage-{i}.jpg" for i in range(2)}
+            _upload(s3, bucket, sorted(later))
+            wait_until(lambda: _row_keys(conn, bucket) == first | later, "a sync after the outage",
+                       watch=[worker])
+            worker.signal()
+            code = worker.wait(10)
+        finally:
+            worker.stop()
+    finally:
+        s3_server.stop()
+    assert code == 0
+    failed = [e for e in worker.events("job_failed") if e["job"] == "sync"]
+    assert all("s3: " in e["error"] for e in failed), [e["error"] for e in failed]
+    assert "Traceback" not in worker.stderr_text()

@@ -30,16 +30,40 @@ FAKE_AWS = {
 }
 
 
+class MotoServer:
+    """moto's S3 server on 127.0.0.1; can be stopped and started again on its port.
+
+    The objects live in this process (moto's backends), so they outlast a restart.
+    """
+
+    def __init__(self) -> None:
+        self.port = 0
+        self._server: Any = None
+
+    @property
+    def endpoint(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def start(self) -> None:
+        from moto.server import ThreadedMotoServer
+
+        self._server = ThreadedMotoServer(ip_address="127.0.0.1", port=self.port, verbose=False)
+        self._server.start()
+        self.port = self._server.get_host_and_port()[1]
+
+    def stop(self) -> None:
+        if self._server is not None:
+            self._server.stop()
+            self._server = None
+
+
 @contextmanager
 def moto_server() -> Iterator[str]:
     """moto's S3 server on a free 127.0.0.1 port; yields its endpoint URL."""
-    from moto.server import ThreadedMotoServer
-
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+    server = MotoServer()
     server.start()
     try:
-        host, port = server.get_host_and_port()
-        yield f"http://{host}:{port}"
+        yield server.endpoint
     finally:
         server.stop()
 
