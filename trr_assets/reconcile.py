@@ -52,7 +52,7 @@ import psycopg
 import structlog
 from psycopg.types.json import Jsonb
 
-from trr_assets import db, diff, keys, storage
+from trr_assets import db, diff, keys, storage, sync
 from trr_assets.config import Settings
 from trr_assets.diff import Diff, Kind
 from trr_assets.errors import (
@@ -243,35 +243,24 @@ def import_object(
     """Make a row for one orphaned object; return the outcome.
 
     ``"imported"``, or why not: ``"no_show_in_key"`` (the key does not name a
-    show), ``"unknown_show"``, ``"gone"`` or ``"changed"`` (the object is no
-    longer the one listed), ``"claimed"`` (a row or a queued deletion for the
-    key appeared: importing would resurrect a deleted asset).
+    show), ``"unknown_show"``, ``"gone"`` (deleted since the listing),
+    ``"claimed"`` (a row or a queued deletion for the key appeared: importing
+    would resurrect a deleted asset).
 
-    The same insert path as sync's (HEAD for the content type, queue-aware,
-    ``on conflict do nothing``) for one object at a time; it can be replaced
-    by ``sync.upsert_objects`` when both live on one branch.
+    Rows from S3 have one write path, sync's ``upsert_objects``: the HEAD for
+    content type and owner, the show check, and the guard that never
+    re-creates a row whose deletion is queued, even against a delete that
+    commits while the insert waits.
     """
-    show_id = keys.parse_show_id(obj.key, re.compile(settings.s3.key_pattern))
-    if isinstance(show_id, SkipReason):
-        return "no_show_in_key"
-    head = _head(client, bucket, obj.key)
-    if head is None:
+    counts = sync.upsert_objects(conn, client, bucket, [obj], settings=settings)
+    if counts.inserted:
+        return "imported"
+    if counts.vanished:
         return "gone"
-    if head.etag != obj.etag or head.size != obj.size:
-        return "changed"
-    params = {
-        "show_id": show_id,
-        "bucket": bucket,
-        "key": obj.key,
-        "content_type": head.content_type,
-        "size": head.size,
-        "etag": head.etag,
-    }
-    with db.wrap_errors(f"import {obj.key} into core.show_assets"), conn.transaction():
-        if conn.execute(db.query("reconcile_import_object"), params).fetchone() is not None:
-            return "imported"
-        claimed = conn.execute(db.query("reconcile_key_claimed"), {"bucket": bucket, "key": obj.key}).fetchone()
-    return "claimed" if claimed and claimed[0] else "unknown_show"
+    if counts.skipped_by_reason:
+        reason = next(iter(counts.skipped_by_reason))
+        return "unknown_show" if reason == SkipReason.UNKNOWN_SHOW.value else "no_show_in_key"
+    return "claimed"  # queued for deletion, or a row appeared meanwhile
 
 
 # --- S3 Inventory ------------------------------------------------------------------

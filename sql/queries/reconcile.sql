@@ -64,21 +64,6 @@ where id = %(id)s
        or content_type is distinct from coalesce(%(content_type)s, content_type))
 returning id
 
--- name: reconcile_import_object
--- An orphaned object becomes a row, unless its show is unknown, its key's
--- deletion is queued (a row now would cancel that deletion and resurrect
--- the asset), or a row appeared meanwhile.
-insert into core.show_assets (show_id, bucket, object_key, content_type, size_bytes, checksum)
-select s.id, %(bucket)s, %(key)s, %(content_type)s, %(size)s, %(etag)s
-from core.shows s
-where s.id = %(show_id)s
-  and not exists (
-    select 1 from trr_assets.delete_queue q
-    where q.bucket = %(bucket)s and q.object_key = %(key)s
-  )
-on conflict (bucket, object_key) do nothing
-returning id
-
 -- name: reconcile_inventory_create
 -- One S3 Inventory report, loaded for this session only.
 create temporary table if not exists reconcile_inventory (
