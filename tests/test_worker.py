@@ -123,16 +123,18 @@ def test_a_stop_request_releases_a_held_lock_at_once(fast_settings):
 
 
 def test_a_job_without_a_lock_key_runs_in_several_workers_at_once(fast_settings):
-    started, release = threading.Event(), threading.Event()
-    job = _job(_blocking(started, release), lock_key=None)
+    both_inside = threading.Barrier(2, timeout=20)  # breaks (and the run fails) unless both are in
+
+    def meet(ctx: JobContext) -> JobResult:
+        both_inside.wait()
+        return JobResult({"done": 1})
+
+    job = _job(meet, lock_key=None)
     a, b = Worker(fast_settings, jobs=[job]), Worker(fast_settings, jobs=[job])
-    thread, outcome_a = _in_thread(lambda: a.run_job(job))
-    assert started.wait(20)
+    thread_a, outcome_a = _in_thread(lambda: a.run_job(job))
     thread_b, outcome_b = _in_thread(lambda: b.run_job(job))
-    time.sleep(0.2)
-    release.set()
-    thread.join(20)
-    thread_b.join(20)
+    thread_a.join(30)
+    thread_b.join(30)
     assert outcome_a == outcome_b == ["ok"]
 
 
