@@ -122,7 +122,7 @@ def run_reconcile(ctx: JobContext) -> JobResult:
     # to the shutdown timeout. Refused and incomplete runs raise, carrying
     # their summary (see _carried_counts).
     options = reconcile.ReconcileOptions(repair=repairs(ctx.settings), run_by=f"worker@{socket.gethostname()}")
-    return JobResult(reconcile.run(ctx.settings, options, client=ctx.s3).as_dict())
+    return JobResult(reconcile.run(ctx.settings, options, client=ctx.s3, stop=ctx.stop).as_dict())
 
 
 def every(seconds: float) -> IntervalTrigger:
