@@ -130,7 +130,11 @@ def _handle(command: dict[str, Any], pages: _Pages) -> dict[str, Any]:
     if op == "put":
         body = command.get("body", "x").encode()
         for key in command["keys"]:
-            backend.put_object(bucket, key, body)
+            # moto computes an object's ETag lazily, on first listing, by
+            # reading the body without a lock: two concurrent listings that
+            # both reach a key (sharded listings overlap at their ends) can
+            # leave it with the MD5 of an empty body. Computed here, once.
+            _ = backend.put_object(bucket, key, body).etag
         return {"ok": True, "count": len(command["keys"])}
     if op == "clear":
         names = list(backend.get_bucket(bucket).keys.keys())
