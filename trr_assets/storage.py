@@ -51,7 +51,9 @@ def make_client(settings: S3Settings, *, max_pool_connections: int = 32) -> Any:
     config = botocore.config.Config(
         signature_version="s3v4",
         region_name=settings.region,
-        retries={"mode": settings.retry_mode, "max_attempts": settings.max_attempts},
+        # botocore's "max_attempts" counts retries only; s3.max_attempts
+        # counts every try, the first included, which is "total_max_attempts".
+        retries={"mode": settings.retry_mode, "total_max_attempts": settings.max_attempts},
         s3={"addressing_style": settings.addressing_style},
         connect_timeout=settings.connect_timeout_seconds,
         read_timeout=settings.read_timeout_seconds,
