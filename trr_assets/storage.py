@@ -92,7 +92,10 @@ def wrap_errors(action: str, bucket: str | None = None) -> Iterator[None]:
     except botocore.exceptions.NoCredentialsError as exc:
         raise StorageError(f"s3: {action}{where}: no AWS credentials found") from exc
     except botocore.exceptions.BotoCoreError as exc:
-        raise StorageError(f"s3: {action}{where}: {str(exc).splitlines()[0]}") from exc
+        # Some messages (parameter validation) hold the detail on the lines
+        # after the first: keep them, on one line.
+        detail = " ".join(line.strip() for line in str(exc).splitlines() if line.strip())
+        raise StorageError(f"s3: {action}{where}: {detail}") from exc
 
 
 def list_objects(
