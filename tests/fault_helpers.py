@@ -28,6 +28,7 @@ import time
 import urllib.request
 from collections import Counter
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -103,9 +104,9 @@ def s3_server(moto_endpoint: str, aws_env: None) -> S3Server:
     return S3Server(moto_endpoint, client)
 
 
-@pytest.fixture
-def s3_auth(s3_server: S3Server) -> Iterator[None]:
-    """Switch on moto's IAM authentication: unknown access keys are refused
+@contextmanager
+def moto_auth() -> Iterator[None]:
+    """moto's IAM authentication switched on: unknown access keys are refused
     (InvalidAccessKeyId / 403), as AWS refuses wrong credentials."""
     from moto import settings as moto_settings
     from moto.core.authorization import ActionAuthenticatorMixin
