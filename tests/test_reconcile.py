@@ -485,3 +485,17 @@ def test_second_pass_never_deletes_more_than_the_first_counted(conn, s3, db_url)
     assert summary.orphaned_rows == 4 and summary.deleted_rows == 1
     assert sorted(f.get("reason", f["action"]) for f in findings) == ["deleted"] + ["over_counted_plan"] * 3
     assert len(row_keys(conn)) == 19
+
+
+def test_a_stopped_run_is_incomplete_never_clean(conn, s3, db_url):
+    """A stop request (the worker's shutdown) fails the run's buckets: recorded as failed, not clean."""
+    import threading
+
+    plant(conn, s3)
+    stop = threading.Event()
+    stop.set()
+    with pytest.raises(reconcile.ReconcileIncomplete, match="stopped before the end") as info:
+        reconcile.run(make_settings(db_url), ReconcileOptions(), stop=stop)
+    assert info.value.summary.failed
+    outcome = conn.execute("select outcome from trr_assets.reconcile_runs order by id desc limit 1").fetchone()[0]
+    assert outcome == "failed"

@@ -170,6 +170,8 @@ class LoggingSettings:
 class WorkerSettings:
     heartbeat_seconds: int = _setting(60, _at_least(1))
     shutdown_timeout_seconds: float = _setting(8.0, _between(0.5, 60))
+    # > 0: reconcile every N seconds instead of on reconcile.schedule (tests, demos)
+    reconcile_interval_seconds: int = _setting(0, _at_least(0))
 
 
 @dataclass(frozen=True, kw_only=True)

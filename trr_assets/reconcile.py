@@ -492,8 +492,10 @@ class _Reconciler:
         sink: Sink | None,
         progress: TerminalProgress | None,
         inventory: InventoryManifest | None,
+        stop: threading.Event | None = None,
     ) -> None:
         self.settings = settings
+        self.stop = stop
         self.options = options
         self.client = client
         self.buckets = buckets
@@ -565,9 +567,16 @@ class _Reconciler:
 
     # -- one unit: merge, classify, report, act
 
+    def _stopped(self, bucket: str) -> bool:
+        """A stop was requested: the bucket's run is incomplete, never reported clean."""
+        if self.stop is None or not self.stop.is_set():
+            return False
+        self._fail(bucket, TrrAssetsError("reconcile: stopped before the end (shutting down)"))
+        return True
+
     def _run_unit(self, unit: _Unit, *, emit: bool, act: bool) -> None:
         state = self.states[unit.bucket]
-        if state.error is not None:
+        if state.error is not None or self._stopped(unit.bucket):
             return
         counts: Counter[str] = Counter()
         seen = in_sync = 0
@@ -579,8 +588,11 @@ class _Reconciler:
                 stack.enter_context(conn.transaction())
                 for d in self._diffs(stack, conn, unit):
                     seen += 1
-                    if self.progress and seen % 1000 == 0:
-                        self.progress.advance(1000)
+                    if seen % 1000 == 0:
+                        if self.progress:
+                            self.progress.advance(1000)
+                        if self._stopped(unit.bucket):
+                            return
                     if d.kind is same:  # the common case, kept cheap
                         in_sync += 1
                         continue
@@ -921,10 +933,15 @@ def run(
     client: Any = None,
     clock: Callable[[], datetime] = _utcnow,
     progress: TerminalProgress | None = None,
+    stop: threading.Event | None = None,
 ) -> ReconcileSummary:
     """Classify every key, report each finding to ``sink`` as it is found, repair on request.
 
-    ``sink`` is called from several threads, one call at a time. Raises
+    ``sink`` is called from several threads, one call at a time. ``stop``
+    (the worker's shutdown) ends the run early, between shards or every
+    1,000 keys: the buckets it cut short are failed, so the run is
+    incomplete, never a clean bill (each repair action is re-checked on its
+    own, so stopping between two is safe). Raises
     ``ReconcileRefused`` (exit 4) after all buckets were processed if any
     bucket's repair was refused, ``ReconcileIncomplete`` (exit 1) if a
     bucket could not be read whole or a repair failed; both carry the summary.
@@ -946,7 +963,7 @@ def run(
     log.info("reconcile_started", run_id=run_id, buckets=buckets, prefix=prefix, repair=options.repair,
              grace_seconds=grace, source="inventory" if manifest else "listing")
     began = time.monotonic()
-    reconciler = _Reconciler(settings, options, client, buckets, prefix, cutoff, sink, progress, manifest)
+    reconciler = _Reconciler(settings, options, client, buckets, prefix, cutoff, sink, progress, manifest, stop)
     try:
         reconciler.execute()
     except BaseException as exc:

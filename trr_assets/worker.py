@@ -1,0 +1,446 @@
+"""The worker daemon: sync, queued deletes and reconcile on their schedules.
+
+Scheduling is APScheduler 3: a ``BackgroundScheduler`` in UTC with one thread
+per job, ``max_instances=1`` and coalesced misfires, so a job never overlaps
+itself inside one process. Across processes (replicas against one database)
+PostgreSQL decides, with session-level advisory locks:
+
+- ``sync`` and ``reconcile`` each take ``pg_try_advisory_lock`` on a
+  connection of their own for the run (keys ``SYNC_LOCK_KEY`` and
+  ``RECONCILE_LOCK_KEY``). A worker that cannot take the lock skips that run
+  and logs ``job_skipped`` with ``reason="locked"``.
+- ``deletes`` takes no lock: every replica drains, and the drain's
+  ``FOR UPDATE SKIP LOCKED`` hands each queued entry to exactly one of them,
+  so more replicas drain a backlog faster.
+
+Interval triggers are anchored at the Unix epoch, not at start-up, so every
+replica fires on the same instants (cron schedules are wall-clock anyway) and
+their runs meet at the lock. A run keeps its lock through the first half of
+its period (at most ``MAX_TICK_HOLD_SECONDS``) even when it finishes sooner:
+otherwise a replica that fired a few milliseconds late would find the lock
+free again and run the same tick a second time.
+
+A stop (SIGTERM, SIGINT or ``Worker.request_stop``) sets ``Worker.stop_event``:
+no new run starts, the running ones finish, their locks are released and the
+worker exits 0. Runs still going after ``worker.shutdown_timeout_seconds`` are
+abandoned: the process exits 0 anyway and PostgreSQL rolls back their open
+transactions and releases their locks when the sessions end; every job is
+safe to interrupt and the next run completes its work.
+
+A failing run (database or S3 down, a refused repair) is logged as
+``job_failed`` and the worker carries on: each run opens its connections
+afresh, so the next one recovers on its own.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import socket
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from types import FrameType
+from typing import Any
+
+import psycopg
+import structlog
+from apscheduler.events import EVENT_JOB_MAX_INSTANCES, EVENT_JOB_MISSED, JobEvent
+from apscheduler.executors.pool import ThreadPoolExecutor
+from apscheduler.schedulers.background import BackgroundScheduler
+from apscheduler.triggers.base import BaseTrigger
+from apscheduler.triggers.cron import CronTrigger
+from apscheduler.triggers.interval import IntervalTrigger
+
+from trr_assets import db, deletes, reconcile, storage, sync
+from trr_assets.config import Settings
+from trr_assets.errors import RepairRefused, TrrAssetsError
+
+log = structlog.get_logger()
+
+# Advisory lock keys (bigint, the same key space as db.MIGRATE_LOCK_KEY).
+SYNC_LOCK_KEY = 0x7472725F73796E  # "trr_syn"
+RECONCILE_LOCK_KEY = 0x7472725F726563  # "trr_rec"
+
+MAX_TICK_HOLD_SECONDS = 60.0
+EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
+_POLL_SECONDS = 0.2  # how often the main thread looks at the stop flag
+
+
+# --- jobs ------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class JobContext:
+    """What a run gets: the settings, the worker's S3 client, the stop flag."""
+
+    settings: Settings
+    s3: Any  # one boto3 client per worker, shared by its jobs (clients are thread-safe)
+    stop: threading.Event  # set once the worker is asked to stop
+
+
+@dataclass(frozen=True)
+class JobResult:
+    counts: Mapping[str, Any]
+    errors: tuple[str, ...] = ()  # non-empty: the run failed, in part (one bucket of several)
+
+
+@dataclass(frozen=True)
+class Job:
+    name: str
+    run: Callable[[JobContext], JobResult]
+    trigger: BaseTrigger
+    lock_key: int | None  # None: runs in every replica at once
+    hold_seconds: float = 0.0  # keep the lock this long after the run started
+    misfire_grace_seconds: int = 1  # a run this late still runs (coalesced into one)
+
+
+def run_sync(ctx: JobContext) -> JobResult:
+    # ``stop`` ends the pass after the batches in flight.
+    report = sync.run(ctx.settings, client=ctx.s3, progress=False, stop=ctx.stop)
+    return JobResult(report.as_dict(), tuple(report.failed))
+
+
+def run_deletes(ctx: JobContext) -> JobResult:
+    # Asked between batches; a batch once taken is always finished.
+    return JobResult(deletes.drain(ctx.settings, client=ctx.s3, should_stop=ctx.stop.is_set).as_dict())
+
+
+def repairs(settings: Settings) -> bool:
+    """The worker repairs when a repair policy asks for more than a report."""
+    r = settings.reconcile
+    return r.orphaned_objects != "report" or r.orphaned_rows != "report"
+
+
+def run_reconcile(ctx: JobContext) -> JobResult:
+    # No stop hook: a reconcile in progress at shutdown runs to its end or
+    # to the shutdown timeout. Refused and incomplete runs raise, carrying
+    # their summary (see _carried_counts).
+    options = reconcile.ReconcileOptions(repair=repairs(ctx.settings), run_by=f"worker@{socket.gethostname()}")
+    return JobResult(reconcile.run(ctx.settings, options, client=ctx.s3, stop=ctx.stop).as_dict())
+
+
+def every(seconds: float) -> IntervalTrigger:
+    """An interval trigger anchored at the epoch: replicas fire together."""
+    return IntervalTrigger(seconds=seconds, start_date=EPOCH, timezone=timezone.utc)
+
+
+def period_seconds(trigger: BaseTrigger, now: datetime | None = None) -> float:
+    """The shortest gap between the trigger's next few fire times."""
+    fire = trigger.get_next_fire_time(None, now or datetime.now(timezone.utc))
+    gaps: list[float] = []
+    for _ in range(8):
+        if fire is None:
+            break
+        following = trigger.get_next_fire_time(fire, fire)
+        if following is None:
+            break
+        gaps.append((following - fire).total_seconds())
+        fire = following
+    return min(gaps, default=0.0)
+
+
+def make_job(
+    name: str, run: Callable[[JobContext], JobResult], trigger: BaseTrigger, lock_key: int | None
+) -> Job:
+    """A job whose lock hold and misfire grace follow from its period."""
+    period = period_seconds(trigger)
+    return Job(
+        name=name,
+        run=run,
+        trigger=trigger,
+        lock_key=lock_key,
+        hold_seconds=min(period / 2, MAX_TICK_HOLD_SECONDS) if lock_key is not None else 0.0,
+        # Late, but before the next tick is due: still worth running.
+        misfire_grace_seconds=max(1, int(period)),
+    )
+
+
+def default_jobs(settings: Settings) -> list[Job]:
+    """sync, deletes and reconcile, in the order ``--once`` runs them."""
+    every_n = settings.worker.reconcile_interval_seconds
+    reconcile_trigger: BaseTrigger = (
+        every(every_n) if every_n else CronTrigger.from_crontab(settings.reconcile.schedule, timezone="UTC")
+    )
+    return [
+        make_job("sync", run_sync, every(settings.sync.interval_seconds), SYNC_LOCK_KEY),
+        make_job("deletes", run_deletes, every(settings.deletes.interval_seconds), None),
+        make_job("reconcile", run_reconcile, reconcile_trigger, RECONCILE_LOCK_KEY),
+    ]
+
+
+# --- the worker --------------------------------------------------------------------
+
+
+class Worker:
+    """Runs jobs on their schedules (``serve``) or each once (``run_once``)."""
+
+    def __init__(self, settings: Settings, *, jobs: Sequence[Job] | None = None, s3: Any = None) -> None:
+        self.settings = settings
+        self.jobs = list(default_jobs(settings) if jobs is None else jobs)
+        self.stop_event = threading.Event()
+        self._s3 = s3
+        self._s3_lock = threading.Lock()
+        self._running: dict[str, float] = {}  # job name -> time.monotonic() at start
+        self._idle = threading.Condition()
+        self._signal: str | None = None
+        self._started = time.monotonic()
+
+    # -- stopping
+
+    def request_stop(self) -> None:
+        """Ask the worker to stop: no new runs; running ones finish."""
+        self.stop_event.set()
+
+    def stop_requested(self) -> bool:
+        return self.stop_event.is_set()
+
+    def _on_signal(self, signum: int, frame: FrameType | None) -> None:
+        # Runs in the main thread between two bytecodes. The main thread never
+        # waits on stop_event itself (it polls is_set), so set() cannot find
+        # the event's lock held by the very thread it interrupted.
+        self._signal = signal.Signals(signum).name
+        self.stop_event.set()
+
+    def running(self) -> list[str]:
+        with self._idle:
+            return sorted(self._running)
+
+    def _wait_idle(self, timeout: float) -> bool:
+        deadline = time.monotonic() + timeout
+        with self._idle:
+            while self._running:
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    return False
+                self._idle.wait(remaining)
+        return True
+
+    # -- one run
+
+    @property
+    def s3(self) -> Any:
+        with self._s3_lock:
+            if self._s3 is None:
+                s3 = self.settings.s3
+                # One client for every job: room for sync's listings and HEADs at once.
+                connections = max(32, s3.list_concurrency + s3.head_concurrency, 2 * s3.list_concurrency)
+                self._s3 = storage.make_client(s3, max_pool_connections=connections)
+            return self._s3
+
+    def run_job(self, job: Job, *, hold: bool = False) -> str:
+        """Run ``job`` once under its lock; returns ok, failed, refused or skipped.
+
+        Never raises for a failed run: the failure is logged and the outcome
+        returned. ``hold`` keeps the lock for ``job.hold_seconds`` after the
+        start (scheduled ticks; see the module's docstring).
+        """
+        if self.stop_event.is_set():
+            log.info("job_skipped", job=job.name, outcome="skipped", reason="stopping")
+            return "skipped"
+        with self._idle:
+            self._running[job.name] = time.monotonic()
+        try:
+            with structlog.contextvars.bound_contextvars(job=job.name):
+                return self._run_locked(job, hold_seconds=job.hold_seconds if hold else 0.0)
+        finally:
+            with self._idle:
+                self._running.pop(job.name, None)
+                self._idle.notify_all()
+
+    def _run_locked(self, job: Job, *, hold_seconds: float) -> str:
+        started = time.monotonic()
+        try:
+            with self._job_lock(job) as held:
+                if not held:
+                    log.info("job_skipped", job=job.name, outcome="skipped", reason="locked",
+                             detail="another worker is running it")
+                    return "skipped"
+                outcome = self._execute(job)
+                remaining = hold_seconds - (time.monotonic() - started)
+                if remaining > 0:
+                    self.stop_event.wait(remaining)  # a stop releases the lock at once
+                return outcome
+        except TrrAssetsError as exc:  # the lock's connection: the database is down
+            log.error("job_failed", job=job.name, outcome="failed", duration_seconds=_since(started),
+                      error=_line(exc))
+            return "failed"
+
+    @contextmanager
+    def _job_lock(self, job: Job) -> Iterator[bool]:
+        """Yields whether this worker holds the job's advisory lock."""
+        if job.lock_key is None:
+            yield True
+            return
+        conn = db.connect(self.settings.database, autocommit=True,
+                          application_name=f"trr-assets worker {job.name}")
+        held = False
+        try:
+            with db.wrap_errors(f"worker: cannot take the {job.name} lock"):
+                row = conn.execute(db.query("worker_try_lock"), {"key": job.lock_key}).fetchone()
+            held = bool(row and row[0])
+            yield held
+        finally:
+            if held:
+                try:
+                    conn.execute(db.query("worker_unlock"), {"key": job.lock_key})
+                except psycopg.Error as exc:
+                    # The session is gone (a restarted server): so is its lock.
+                    log.warning("job_lock_release_failed", job=job.name, error=_line(exc))
+            conn.close()
+
+    def _execute(self, job: Job) -> str:
+        log.debug("job_started", job=job.name)
+        started = time.monotonic()
+        try:
+            result = job.run(JobContext(self.settings, self.s3, self.stop_event))
+        except RepairRefused as exc:
+            log.error("job_failed", job=job.name, outcome="refused", duration_seconds=_since(started),
+                      error=_line(exc), **_carried_counts(exc))
+            return "refused"
+        except TrrAssetsError as exc:
+            log.error("job_failed", job=job.name, outcome="failed", duration_seconds=_since(started),
+                      error=_line(exc), **_carried_counts(exc))
+            return "failed"
+        except Exception as exc:  # a bug: keep the traceback, keep the worker
+            log.error("job_failed", job=job.name, outcome="failed", duration_seconds=_since(started),
+                      error=f"internal error: {type(exc).__name__}: {_line(exc)}", exc_info=True)
+            return "failed"
+        counts = dict(result.counts)
+        if result.errors:
+            log.error("job_failed", job=job.name, outcome="failed", duration_seconds=_since(started),
+                      counts=counts, error=result.errors[0], errors=list(result.errors))
+            return "failed"
+        log.info("job_finished", job=job.name, outcome="ok", duration_seconds=_since(started), counts=counts)
+        return "ok"
+
+    # -- the daemon
+
+    def _scheduler(self) -> BackgroundScheduler:
+        # APScheduler's own warnings (a missed run, a run skipped because the
+        # last one is still going) come through the listener as structlog
+        # lines; its stdlib logger would print plain text to stderr.
+        ap_logger = logging.getLogger("apscheduler")
+        ap_logger.propagate = False
+        if not ap_logger.handlers:
+            ap_logger.addHandler(logging.NullHandler())
+        scheduler = BackgroundScheduler(
+            timezone=timezone.utc,
+            executors={"default": ThreadPoolExecutor(max_workers=max(1, len(self.jobs)))},
+            job_defaults={"coalesce": True, "max_instances": 1},
+        )
+        for job in self.jobs:
+            scheduler.add_job(self.run_job, job.trigger, args=[job], kwargs={"hold": True}, id=job.name,
+                              name=job.name, misfire_grace_time=job.misfire_grace_seconds)
+        scheduler.add_listener(self._on_scheduler_event, EVENT_JOB_MAX_INSTANCES | EVENT_JOB_MISSED)
+        return scheduler
+
+    def _on_scheduler_event(self, event: JobEvent) -> None:
+        reason = "still_running" if event.code == EVENT_JOB_MAX_INSTANCES else "missed"
+        log.info("job_skipped", job=event.job_id, outcome="skipped", reason=reason)
+
+    def serve(self) -> int:
+        """Run the jobs on their schedules until stopped; returns 0."""
+        scheduler = self._scheduler()
+        heartbeat = self.settings.worker.heartbeat_seconds
+        with _handling_signals(self._on_signal):
+            scheduler.start()
+            log.info("worker_started", pid=os.getpid(), heartbeat_seconds=heartbeat,
+                     jobs={job.name: str(job.trigger) for job in self.jobs})
+            next_beat = time.monotonic() + heartbeat
+            while not self.stop_event.is_set():
+                time.sleep(_POLL_SECONDS)
+                if time.monotonic() >= next_beat:
+                    self._heartbeat(scheduler)
+                    next_beat += heartbeat
+            log.info("worker_stopping", signal=self._signal, running=self.running())
+            scheduler.shutdown(wait=False)  # no new runs from here on
+            self._finish_or_abandon()
+        log.info("worker_stopped", uptime_seconds=_since(self._started))
+        return 0
+
+    def _heartbeat(self, scheduler: BackgroundScheduler) -> None:
+        next_runs = {
+            job.id: job.next_run_time.isoformat() for job in scheduler.get_jobs() if job.next_run_time
+        }
+        log.info("heartbeat", uptime_seconds=_since(self._started), running=self.running(),
+                 next_runs=next_runs)
+
+    def _finish_or_abandon(self) -> None:
+        timeout = self.settings.worker.shutdown_timeout_seconds
+        if self._wait_idle(timeout):
+            return
+        # Exit 0 as promised; the server rolls back what the abandoned runs
+        # left open and drops their locks with their sessions. os._exit, since
+        # a normal exit would wait for the job threads (and the thread pools
+        # the jobs themselves started).
+        log.warning("shutdown_timeout", running=self.running(), timeout_seconds=timeout,
+                    detail="abandoning the running jobs; their next run completes them")
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(0)
+
+    def run_once(self) -> int:
+        """Every job once, in order; 1 if any failed, else 0."""
+        outcomes: dict[str, str] = {}
+        with _handling_signals(self._on_signal):
+            for job in self.jobs:
+                outcomes[job.name] = self._run_in_thread(job)
+        failed = sorted(name for name, outcome in outcomes.items() if outcome in ("failed", "refused"))
+        log.info("worker_once_finished", outcomes=outcomes, failed=failed)
+        return 1 if failed else 0
+
+    def _run_in_thread(self, job: Job) -> str:
+        # In a thread, so that the main thread stays free to notice a signal
+        # and to give up after the shutdown timeout.
+        outcome: list[str] = []
+        thread = threading.Thread(target=lambda: outcome.append(self.run_job(job)),
+                                  name=f"trr-assets-{job.name}", daemon=True)
+        thread.start()
+        while thread.is_alive():
+            thread.join(_POLL_SECONDS)
+            if self.stop_event.is_set() and thread.is_alive():
+                log.info("worker_stopping", signal=self._signal, running=self.running())
+                self._finish_or_abandon()
+                thread.join()
+        return outcome[0] if outcome else "failed"
+
+
+@contextmanager
+def _handling_signals(handler: Callable[[int, FrameType | None], None]) -> Iterator[None]:
+    """SIGTERM and SIGINT call ``handler`` (main thread only; elsewhere a no-op)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = {sig: signal.signal(sig, handler) for sig in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        yield
+    finally:
+        for sig, old in previous.items():
+            signal.signal(sig, old)
+
+
+def _carried_counts(exc: BaseException) -> dict[str, Any]:
+    """``{"counts": ...}`` when the error carries the run's report (reconcile's do)."""
+    report = getattr(exc, "summary", None)
+    return {"counts": dict(report.as_dict())} if report is not None else {}
+
+
+def _since(started: float) -> float:
+    return round(time.monotonic() - started, 3)
+
+
+def _line(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return text[0] if text else type(exc).__name__
+
+
+def run(settings: Settings, *, once: bool = False) -> int:
+    """``trr-assets worker [--once]``: the exit code."""
+    worker = Worker(settings)
+    return worker.run_once() if once else worker.serve()
