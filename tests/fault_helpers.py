@@ -3,15 +3,18 @@
 - ``moto_endpoint`` / ``s3_server``: moto in server mode on 127.0.0.1, so
   child processes (the CLI, the worker) share S3 with the test; reset and
   given the test bucket before each test.
+- ``moto_auth``: moto's IAM check switched on, so unknown access keys are
+  refused as AWS refuses wrong credentials.
 - ``S3Faults``: answers a share of a client's requests with an S3 error
   (503 SlowDown, 500 InternalError) instead of sending them, through
   botocore's ``before-send`` event; records every attempt, so a test can
   prove botocore really retried.
 - ``ServerDeletes``: every object deletion the moto server performs, from any
   process, counted per key.
-- ``cli_child`` / ``run_cli``: the CLI as a child process against the test's
-  database and S3, optionally SIGKILLed by itself at a precise point (a
-  botocore event handler installed by test code, never product code).
+- ``child_env``, ``run_cli`` and ``run_cli_killed_at``: the CLI (the worker
+  included) as a child process against the test's database and S3,
+  optionally SIGKILLed by itself at a precise point (a botocore event handler
+  installed by test code, never product code).
 """
 
 from __future__ import annotations
@@ -355,17 +358,9 @@ def run_cli_killed_at(
 ) -> subprocess.CompletedProcess[str]:
     """``trr-assets ARGS`` in a child that SIGKILLs itself at the ``nth``
     ``when`` (``after-call`` or ``before-send``) event of ``operation``."""
-    result = subprocess.run(
+    return subprocess.run(
         [sys.executable, "-c", _KILLER, operation, when, str(nth), *args],
         capture_output=True, text=True, env=env, timeout=120,
-    )
-    return result
-
-
-def start_cli(*args: str, env: dict[str, str]) -> subprocess.Popen[str]:
-    return subprocess.Popen(
-        [sys.executable, "-m", "trr_assets", *args],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
     )
 
 

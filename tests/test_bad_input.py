@@ -31,7 +31,7 @@ from tests.fault_helpers import (  # noqa: F401 - fixtures
     s3_server,
     stdout_json,
 )
-from trr_assets import db, deletes, storage, sync
+from trr_assets import db, deletes, sync
 from trr_assets.config import DatabaseSettings
 from trr_assets.errors import DatabaseError
 from trr_assets.presign import AssetNotFound, Presigner

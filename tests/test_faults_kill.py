@@ -31,6 +31,8 @@ from tests.fault_helpers import (  # noqa: F401 - fixtures
     wait_for_sessions_to_end,
 )
 
+pytestmark = pytest.mark.slow  # child processes
+
 
 def _row_keys(conn: psycopg.Connection[Any]) -> list[str]:
     return [r[0] for r in conn.execute("select object_key from core.show_assets order by object_key")]

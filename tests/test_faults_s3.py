@@ -14,7 +14,6 @@ botocore computes is slept a hundredth of (``quick_backoff``).
 
 from __future__ import annotations
 
-import uuid
 from typing import Any
 
 import psycopg

@@ -22,7 +22,6 @@ import psycopg
 from tests.conftest import TEST_BUCKET, make_show
 from tests.fault_helpers import (  # noqa: F401 - fixtures
     WAIT,
-    S3Server,
     ServerDeletes,
     moto_endpoint,
     s3_server,

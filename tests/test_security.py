@@ -32,7 +32,6 @@ from tests.fault_helpers import (  # noqa: F401 - fixtures
     moto_endpoint,
     run_cli,
     s3_server,
-    stdout_json,
 )
 from trr_assets import deletes, reconcile, sync
 from trr_assets.config import SIGV4_MAX_EXPIRES_SECONDS
@@ -302,6 +301,7 @@ def _cli_runs(db_url: str, server: S3Server, asset: uuid.UUID) -> list[tuple[lis
     ]
 
 
+@pytest.mark.slow
 def test_no_secret_on_the_command_lines_stderr_or_in_its_reports(conn, db_url, s3_server):
     """Every command, succeeding or failing (a missing bucket, an unreachable database, with --debug too), run
     with a database password, an AWS secret key and a session token: stderr (logs, errors, tracebacks) holds
