@@ -167,6 +167,13 @@ def test_upload_in_flight_is_no_orphaned_row_inside_the_grace_window(conn, db_ur
     request = urllib.request.Request(grant.url, data=b"\x89PNG!", method="PUT", headers=grant.headers)
     with urllib.request.urlopen(request, timeout=30) as response:
         assert response.status == 200
+    # PUT done, not yet synced: the row has no checksum yet. Inside the grace
+    # window that is an upload finishing, not a mismatch; after it, it is one.
+    found = []
+    summary = reconcile.run(settings, ReconcileOptions(), sink=found.append)
+    assert (summary.mismatched, summary.skipped_recent, found) == (0, 1, [])
+    summary = reconcile.run(settings, ReconcileOptions(), sink=found.append, clock=later)
+    assert summary.mismatched == 1 and [f["kind"] for f in found] == ["mismatch"]
     assert sync.run(settings, progress=False).updated == 1  # the row gets the object's ETag
     found = []
     assert not reconcile.run(settings, ReconcileOptions(), sink=found.append, clock=later).drift
