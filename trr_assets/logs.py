@@ -72,8 +72,25 @@ class _StderrLogger:
     debug = info = warning = warn = error = critical = exception = fatal = log = msg
 
 
+class _StdlibBridge(logging.Handler):
+    """Libraries that log through stdlib ``logging`` (psycopg_pool, botocore,
+    urllib3) as structlog lines: rendered and redacted like ours, one line
+    each, rather than Python's bare last-resort text on stderr."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            message = record.getMessage()
+        except Exception:  # a library's malformed format arguments
+            message = str(record.msg)
+        structlog.get_logger().log(record.levelno, "library_log", logger=record.name, message=message)
+
+
 def configure(*, format: str = "auto", level: str = "info", stream: TextIO | None = None) -> None:
     """Set up structlog for the process (once, from ``main``); logs go to stderr."""
+    root = logging.getLogger()
+    for handler in [h for h in root.handlers if isinstance(h, _StdlibBridge)]:
+        root.removeHandler(handler)
+    root.addHandler(_StdlibBridge(logging.WARNING))
     factory: Any = (lambda *args: _StderrLogger()) if stream is None else structlog.PrintLoggerFactory(file=stream)
     stream = stream or sys.stderr
     use_console = format == "console" or (format == "auto" and stream.isatty())

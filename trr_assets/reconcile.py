@@ -452,6 +452,11 @@ def _verdict(d: Diff, cutoff: datetime, quarantine_prefix: str) -> str | None:
         assert d.row is not None
         return "skipped_recent" if d.row.updated_at > cutoff else "orphaned_row"
     if d.kind is Kind.CHANGED:
+        assert d.row is not None
+        # A row with no checksum yet was written by upload_url and has not been
+        # synced since its object landed: an upload finishing, within grace.
+        if d.row.etag is None and d.row.updated_at > cutoff:
+            return "skipped_recent"
         return "mismatch"
     if d.kind is Kind.PENDING_DELETE:
         return "pending_deletes"

@@ -51,7 +51,9 @@ def make_client(settings: S3Settings, *, max_pool_connections: int = 32) -> Any:
     config = botocore.config.Config(
         signature_version="s3v4",
         region_name=settings.region,
-        retries={"mode": settings.retry_mode, "max_attempts": settings.max_attempts},
+        # botocore's "max_attempts" counts retries only; s3.max_attempts
+        # counts every try, the first included, which is "total_max_attempts".
+        retries={"mode": settings.retry_mode, "total_max_attempts": settings.max_attempts},
         s3={"addressing_style": settings.addressing_style},
         connect_timeout=settings.connect_timeout_seconds,
         read_timeout=settings.read_timeout_seconds,
@@ -90,7 +92,10 @@ def wrap_errors(action: str, bucket: str | None = None) -> Iterator[None]:
     except botocore.exceptions.NoCredentialsError as exc:
         raise StorageError(f"s3: {action}{where}: no AWS credentials found") from exc
     except botocore.exceptions.BotoCoreError as exc:
-        raise StorageError(f"s3: {action}{where}: {str(exc).splitlines()[0]}") from exc
+        # Some messages (parameter validation) hold the detail on the lines
+        # after the first: keep them, on one line.
+        detail = " ".join(line.strip() for line in str(exc).splitlines() if line.strip())
+        raise StorageError(f"s3: {action}{where}: {detail}") from exc
 
 
 def list_objects(
