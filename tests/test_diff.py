@@ -120,3 +120,64 @@ def test_missing_bucket_is_a_clear_error(s3):
     client = storage.make_client(S3Settings())
     with pytest.raises(storage.BucketNotFound, match="no-such-bucket"):
         list(storage.list_objects(client, "no-such-bucket", prefix="shows/"))
+
+
+@pytest.mark.parametrize(
+    "value",
+    [
+        "2026-11-26T08:12:56.000Z",
+        "2026-11-26T08:12:56Z",
+        "2026-11-26T08:12:56.123456+02:00",
+        "Wed, 26 Nov 2026 08:12:56 GMT",  # HTTP date, as in a HEAD's Last-Modified
+        "1795680776",
+        1795680776,
+        "2026-11-26T08:12:56",  # no zone: botocore's rules apply
+    ],
+)
+def test_fast_timestamp_parser_agrees_with_botocore(value):
+    """The ISO fast path gives the instant botocore's parser gives, and defers to it otherwise."""
+    import botocore.utils
+
+    ours, theirs = storage.parse_timestamp(value), botocore.utils.parse_timestamp(value)
+    assert ours == theirs
+    assert (ours.tzinfo is None) == (theirs.tzinfo is None)
+
+
+def test_listings_use_the_fast_timestamp_parser(s3):
+    """Clients from make_client parse LastModified as timezone-aware datetimes, via parse_timestamp."""
+    from datetime import timezone
+
+    s3.put_object(Bucket=TEST_BUCKET, Key="shows/t", Body=b"")
+    [obj] = storage.list_objects(storage.make_client(S3Settings()), TEST_BUCKET, prefix="shows/")
+    assert obj.last_modified.tzinfo is timezone.utc  # fromisoformat's; dateutil would give tzutc()
+
+
+def test_sixteen_shards_have_exact_prefixes_in_the_middle():
+    """With 16 shards, the ranges for digits 1-8 and a-e are exactly 'keys under shows/<digit>'."""
+    ranges = keys.shard_ranges("shows/", 16)
+    exact = [keys.exact_prefix(r) for r in ranges]
+    assert exact[1:9] == [f"shows/{d}" for d in "12345678"]
+    assert exact[10:15] == [f"shows/{d}" for d in "abcde"]
+    assert exact[0] is None and exact[9] is None  # below '1' and between '9' and 'a': other keys live there
+
+
+def test_sharded_listing_does_not_read_into_the_next_shard(s3):
+    """Listing 16 shards fetches each key about once: no shard's last page runs on through its neighbour."""
+    shows = [uuid.UUID(f"{d}" * 8 + "-0000-4000-8000-000000000000") for d in "0123456789abcdef"]
+    for show in shows:
+        for i in range(40):
+            s3.put_object(Bucket=TEST_BUCKET, Key=f"shows/{show}/{i:03d}", Body=b"")
+    client = storage.make_client(S3Settings())
+    fetched = []
+    client.meta.events.register(
+        "after-call.s3.ListObjectsV2", lambda parsed, **_: fetched.append(len(parsed.get("Contents", ())))
+    )
+    listed = [
+        o.key
+        for r in keys.shard_ranges("shows/", 16)
+        for o in storage.list_objects(client, TEST_BUCKET, prefix="shows/", start_at=r.start_at,
+                                      stop_before=r.stop_before, page_size=20)
+    ]
+    assert listed == sorted(f"shows/{show}/{i:03d}" for show in shows for i in range(40))
+    # Only the two inexact shards (below '1', and '9' up to 'a') may read one page past their end.
+    assert sum(fetched) <= len(listed) + 2 * 20

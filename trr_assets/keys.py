@@ -64,13 +64,26 @@ def prefix_end(prefix: str) -> str | None:
 def shard_ranges(prefix: str, shards: int) -> list[KeyRange]:
     """Split the keys under ``prefix`` into ``shards`` contiguous ranges.
 
-    Boundaries are ``prefix`` plus two hex digits, spread evenly, since keys
-    under ``shows/`` start with a show's UUID. Other keys still land in exactly
-    one range: the ranges cover the whole prefix with no gap or overlap.
+    Boundaries are ``prefix`` plus hex digits, spread evenly, since keys under
+    ``shows/`` start with a show's UUID: one digit up to 16 shards, two up to
+    256. Other keys still land in exactly one range: the ranges cover the
+    whole prefix with no gap or overlap. With 16 (or 256) shards the middle
+    ranges are exactly "the keys that start with ``prefix`` + digits", which
+    ``storage.list_objects`` lists with that narrower prefix, so a shard's
+    last page never runs on into the next shard's keys.
     """
     if not 1 <= shards <= 256:
         raise ValueError("shards must be between 1 and 256")
-    bounds = [prefix + format(i * 256 // shards, "02x") for i in range(1, shards)]
+    digits = 1 if shards <= 16 else 2
+    space = 16**digits
+    bounds = [prefix + format(i * space // shards, f"0{digits}x") for i in range(1, shards)]
     starts = [prefix, *bounds]
     stops: list[str | None] = [*bounds, prefix_end(prefix)]
     return [KeyRange(start, stop) for start, stop in zip(starts, stops, strict=True)]
+
+
+def exact_prefix(key_range: KeyRange) -> str | None:
+    """The prefix whose keys are exactly ``key_range``, if there is one."""
+    if key_range.start_at and key_range.stop_before == prefix_end(key_range.start_at):
+        return key_range.start_at
+    return None
