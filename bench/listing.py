@@ -76,8 +76,8 @@ def run(ctx: Context) -> Measured:
         f"{sequential_pages} pages one after another vs {sharded_pages} pages in {SHARDS} shards, the longest "
         f"{rounds} pages: latency alone would allow about {sequential_pages / rounds:.0f}×. The rest is the "
         f"client's own work per page (botocore parsing up to 1,000 keys), which the threads share one "
-        f"interpreter lock for; a shard's last page also carries keys of the next shard, parsed and dropped "
-        f"({sharded_keys:,} keys parsed for {n:,}).",
+        f"interpreter lock for ({sharded_keys:,} keys parsed for {n:,}: the keys a shard reads past its end, "
+        f"where its range is not an exact prefix).",
         f"first pass, moto computing each page (its own CPU on top of the 200 ms): sequential "
         f"{first_sequential:.1f} s, sharded {first_sharded:.1f} s.",
     )

@@ -86,7 +86,7 @@ def run(ctx: Context) -> Measured:
         met=ratio <= 1.3,
         notes=(f"reconcile lists in {settings.s3.list_shards} shards, {settings.s3.list_concurrency} at a time, "
                f"and merges with the rows: {reconcile_pages[0]} pages holding {reconcile_pages[1]:,} keys (a "
-               f"shard's last page runs on into the next shard's keys, parsed and dropped), against the "
+               f"shard's pages are partly full; keys read past a shard's end are dropped), against the "
                f"paginator's {bare_pages[0]} pages of {bare_pages[1]:,}. moto serves one request at a time "
                f"(one interpreter lock) and sorts the whole bucket for every page, so both sides mostly "
                f"measure moto's time per page.",),
