@@ -181,3 +181,21 @@ def test_sharded_listing_does_not_read_into_the_next_shard(s3):
     assert listed == sorted(f"shows/{show}/{i:03d}" for show in shows for i in range(40))
     # Only the two inexact shards (below '1', and '9' up to 'a') may read one page past their end.
     assert sum(fetched) <= len(listed) + 2 * 20
+
+
+def test_compare_only_stream_carries_what_sync_compares(conn):
+    """compare_only rows hold key, size and ETag (no id, no timestamp); queue entries stay marked."""
+    show = make_show(conn)
+    conn.execute(
+        "insert into core.show_assets (show_id, bucket, object_key, size_bytes, checksum) "
+        "values (%s, %s, 'shows/a', 3, 'e1'), (%s, %s, 'shows/b', 4, 'e2')",
+        (show, TEST_BUCKET, show, TEST_BUCKET),
+    )
+    conn.execute("delete from core.show_assets where object_key = 'shows/b'")  # queued
+    with conn.transaction():
+        full = list(diff.stream_rows(conn, TEST_BUCKET, diff.prefix_range("shows/")))
+        light = list(diff.stream_rows(conn, TEST_BUCKET, diff.prefix_range("shows/"), compare_only=True))
+    assert [(r.key, r.size, r.etag, r.queued) for r in light] == [(r.key, r.size, r.etag, r.queued) for r in full]
+    assert [(r.key, r.queued) for r in light] == [("shows/a", False), ("shows/b", True)]
+    assert light[0].asset_id is None and light[0].updated_at is None
+    assert full[0].asset_id is not None and full[0].updated_at is not None

@@ -139,19 +139,26 @@ def _row_info_maker(_cursor: Any) -> Callable[[Sequence[Any]], RowInfo]:
 
 
 def stream_rows(
-    conn: psycopg.Connection[Any], bucket: str, key_range: KeyRange, *, itersize: int = 5000
+    conn: psycopg.Connection[Any],
+    bucket: str,
+    key_range: KeyRange,
+    *,
+    itersize: int = 5000,
+    compare_only: bool = False,
 ) -> Iterator[RowInfo]:
     """Rows and queued deletions of ``bucket`` in ``key_range``, in key order.
 
     A server-side cursor: rows arrive ``itersize`` at a time, in binary (no
     text parsing) and straight into ``RowInfo``. Must run inside a
-    transaction (the cursor lives as long as it).
+    transaction (the cursor lives as long as it). ``compare_only``: rows
+    carry only key, size and ETag (``asset_id`` and ``updated_at`` are None),
+    all that sync needs, and cheaper to read.
     """
     params = {"bucket": bucket, "start_at": key_range.start_at, "stop_before": key_range.stop_before}
     cursor = conn.cursor(name=f"trr_rows_{uuid.uuid4().hex[:12]}", binary=True, row_factory=_row_info_maker)
     cursor.itersize = itersize
     with db.wrap_errors(f"read rows of bucket {bucket}"):
-        cursor.execute(db.query("stream_rows_in_range"), params)
+        cursor.execute(db.query("stream_row_keys_in_range" if compare_only else "stream_rows_in_range"), params)
         yield from cursor
     cursor.close()
 
@@ -162,10 +169,16 @@ def prefix_range(prefix: str) -> KeyRange:
 
 
 def diff_range(
-    client: Any, conn: psycopg.Connection[Any], bucket: str, prefix: str, key_range: KeyRange
+    client: Any,
+    conn: psycopg.Connection[Any],
+    bucket: str,
+    prefix: str,
+    key_range: KeyRange,
+    *,
+    compare_only: bool = False,
 ) -> Iterator[Diff]:
-    """List ``key_range`` of ``bucket`` and merge it with its rows."""
+    """List ``key_range`` of ``bucket`` and merge it with its rows (see ``stream_rows``)."""
     objects = storage.list_objects(
         client, bucket, prefix=prefix, start_at=key_range.start_at, stop_before=key_range.stop_before
     )
-    return merge(objects, stream_rows(conn, bucket, key_range))
+    return merge(objects, stream_rows(conn, bucket, key_range, compare_only=compare_only))

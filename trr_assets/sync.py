@@ -544,7 +544,8 @@ def _merge_and_write(
         ctx.progress.add(scanned, counts.inserted + counts.updated)
         batch, scanned, same, pending = [], 0, 0, 0
 
-    for item in diff.diff_range(ctx.client, reader, bucket, ctx.prefix, shard):
+    # Sync compares size and ETag only: the lighter row stream will do.
+    for item in diff.diff_range(ctx.client, reader, bucket, ctx.prefix, shard, compare_only=True):
         if item.obj is None:  # a row with no object: reconcile's business
             continue
         scanned += 1

@@ -18,3 +18,19 @@ where bucket = %(bucket)s
   and object_key >= %(start_at)s
   and (%(stop_before)s::text is null or object_key < %(stop_before)s)
 order by 1
+
+-- name: stream_row_keys_in_range
+-- The same stream with only what sync compares (key, size, ETag): asset_id
+-- and updated_at come back null, which saves converting them per row.
+select object_key, null::text, size_bytes, checksum, null::timestamptz, false, null::text
+from core.show_assets
+where bucket = %(bucket)s
+  and object_key >= %(start_at)s
+  and (%(stop_before)s::text is null or object_key < %(stop_before)s)
+union all
+select object_key, null::text, null::bigint, null::text, null::timestamptz, true, state
+from trr_assets.delete_queue
+where bucket = %(bucket)s
+  and object_key >= %(start_at)s
+  and (%(stop_before)s::text is null or object_key < %(stop_before)s)
+order by 1
