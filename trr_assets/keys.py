@@ -7,6 +7,7 @@ and PostgreSQL's ``collate "C"`` order.
 
 from __future__ import annotations
 
+import functools
 import re
 import uuid
 from dataclasses import dataclass
@@ -46,9 +47,13 @@ def parse_show_id(key: str, pattern: re.Pattern[str]) -> uuid.UUID | SkipReason:
     if match is None or match.group("show_id") is None:
         return SkipReason.NO_MATCH
     try:
-        return uuid.UUID(match.group("show_id"))
+        return _show_uuid(match.group("show_id"))
     except ValueError:
         return SkipReason.MALFORMED_SHOW_ID
+
+
+# A bucket holds many keys per show: parse each show id's spelling once.
+_show_uuid = functools.lru_cache(maxsize=65536)(uuid.UUID)
 
 
 def prefix_end(prefix: str) -> str | None:

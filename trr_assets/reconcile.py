@@ -73,7 +73,6 @@ HISTORY_LIMIT = 20
 LIST_PAGE_SIZE = 1000  # keys per ListObjectsV2 page (S3's maximum)
 OBJECT_POLICIES_THAT_DELETE = ("delete", "quarantine")
 _SINGLE_COPY_LIMIT = 5 * 1024**3  # CopyObject's limit; larger objects need a multipart copy
-_NOT_FOUND_CODES = {"404", "NoSuchKey", "NotFound"}
 _PRECONDITION_CODES = {"412", "PreconditionFailed"}
 
 # Counters, in the order reports show them.
@@ -219,13 +218,9 @@ class _Head:
 
 def _head(client: Any, bucket: str, key: str) -> _Head | None:
     """The object as S3 has it now, or None when it is gone."""
-    try:
-        with storage.wrap_errors("head object", bucket):
-            reply = client.head_object(Bucket=bucket, Key=key)
-    except StorageError as exc:
-        if storage.error_code(exc.__cause__ or exc) in _NOT_FOUND_CODES:
-            return None
-        raise
+    reply = storage.head_object(client, bucket, key)
+    if reply is None:
+        return None
     return _Head(
         int(reply["ContentLength"]),
         storage.strip_etag(reply.get("ETag")),

@@ -104,22 +104,45 @@ def error_code(exc: BaseException) -> str:
 @contextmanager
 def wrap_errors(action: str, bucket: str | None = None) -> Iterator[None]:
     """Turn botocore errors into one-line ``StorageError`` / ``BucketNotFound``."""
-    where = f" (bucket {bucket})" if bucket else ""
     try:
         yield
-    except botocore.exceptions.ClientError as exc:
+    except (botocore.exceptions.ClientError, botocore.exceptions.BotoCoreError) as exc:
+        raise wrapped(exc, action, bucket) from exc
+
+
+def wrapped(exc: Exception, action: str, bucket: str | None = None) -> StorageError:
+    """The one-line ``StorageError`` (or ``BucketNotFound``) for a botocore error."""
+    where = f" (bucket {bucket})" if bucket else ""
+    if isinstance(exc, botocore.exceptions.ClientError):
         code = error_code(exc)
         message = exc.response.get("Error", {}).get("Message") or code
         if code in _MISSING_BUCKET_CODES and bucket and action.startswith(("list", "check bucket")):
-            raise BucketNotFound(f"s3: bucket {bucket} does not exist or is not visible") from exc
-        raise StorageError(f"s3: {action}{where}: {code}: {message}") from exc
-    except botocore.exceptions.NoCredentialsError as exc:
-        raise StorageError(f"s3: {action}{where}: no AWS credentials found") from exc
-    except botocore.exceptions.BotoCoreError as exc:
-        # Some messages (parameter validation) hold the detail on the lines
-        # after the first: keep them, on one line.
-        detail = " ".join(line.strip() for line in str(exc).splitlines() if line.strip())
-        raise StorageError(f"s3: {action}{where}: {detail}") from exc
+            return BucketNotFound(f"s3: bucket {bucket} does not exist or is not visible")
+        return StorageError(f"s3: {action}{where}: {code}: {message}")
+    if isinstance(exc, botocore.exceptions.NoCredentialsError):
+        return StorageError(f"s3: {action}{where}: no AWS credentials found")
+    # Some messages (parameter validation) hold the detail on the lines after
+    # the first: keep them, on one line.
+    detail = " ".join(line.strip() for line in str(exc).splitlines() if line.strip())
+    return StorageError(f"s3: {action}{where}: {detail}")
+
+
+_MISSING_OBJECT_CODES = frozenset({"404", "NoSuchKey", "NotFound"})
+
+
+def head_object(client: Any, bucket: str, key: str) -> dict[str, Any] | None:
+    """HEAD one object: S3's answer, or None when the object does not exist.
+
+    A plain try/except rather than ``wrap_errors``: sync HEADs every new
+    object, and the context manager cost more than the rest of the call
+    against an in-memory S3.
+    """
+    try:
+        return client.head_object(Bucket=bucket, Key=key)  # type: ignore[no-any-return]
+    except (botocore.exceptions.ClientError, botocore.exceptions.BotoCoreError) as exc:
+        if error_code(exc) in _MISSING_OBJECT_CODES:
+            return None
+        raise wrapped(exc, "head object", bucket) from exc
 
 
 def list_objects(
