@@ -25,13 +25,12 @@ import shutil
 import signal
 import sys
 import tempfile
-import threading
 import time
 import urllib.request
 import uuid
 import warnings
 from collections.abc import Iterator
-from contextlib import ExitStack, contextmanager
+from contextlib import AbstractContextManager, ExitStack, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from types import FrameType
@@ -199,26 +198,18 @@ def _demo_environment(config: Path, *, quiet: bool) -> Iterator[None]:
         os.environ.update(saved)
 
 
-@contextmanager
-def _signals_as_interrupt() -> Iterator[None]:
+def _signals_as_interrupt() -> AbstractContextManager[None]:
     """SIGTERM and SIGINT unwind as KeyboardInterrupt, so the cleanup runs.
 
     SIGINT too, since a shell that starts the demo in the background has it
     ignored, and Ctrl-C (or ``kill -INT``) must still end ``--keep``.
     """
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
+    from trr_assets.worker import handling_signals
 
     def interrupt(signum: int, frame: FrameType | None) -> None:
         raise KeyboardInterrupt
 
-    previous = {sig: signal.signal(sig, interrupt) for sig in (signal.SIGTERM, signal.SIGINT)}
-    try:
-        yield
-    finally:
-        for sig, handler in previous.items():
-            signal.signal(sig, handler)
+    return handling_signals(interrupt)
 
 
 def _keep_running(config: Path) -> None:

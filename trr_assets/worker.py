@@ -348,7 +348,7 @@ class Worker:
         """Run the jobs on their schedules until stopped; returns 0."""
         scheduler = self._scheduler()
         heartbeat = self.settings.worker.heartbeat_seconds
-        with _handling_signals(self._on_signal):
+        with handling_signals(self._on_signal):
             scheduler.start()
             log.info("worker_started", pid=os.getpid(), heartbeat_seconds=heartbeat,
                      jobs={job.name: str(job.trigger) for job in self.jobs})
@@ -388,7 +388,7 @@ class Worker:
     def run_once(self) -> int:
         """Every job once, in order; 1 if any failed, else 0."""
         outcomes: dict[str, str] = {}
-        with _handling_signals(self._on_signal):
+        with handling_signals(self._on_signal):
             for job in self.jobs:
                 outcomes[job.name] = self._run_in_thread(job)
         failed = sorted(name for name, outcome in outcomes.items() if outcome in ("failed", "refused"))
@@ -412,7 +412,7 @@ class Worker:
 
 
 @contextmanager
-def _handling_signals(handler: Callable[[int, FrameType | None], None]) -> Iterator[None]:
+def handling_signals(handler: Callable[[int, FrameType | None], None]) -> Iterator[None]:
     """SIGTERM and SIGINT call ``handler`` (main thread only; elsewhere a no-op)."""
     if threading.current_thread() is not threading.main_thread():
         yield
