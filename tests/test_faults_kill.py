@@ -12,13 +12,14 @@ with no lost deletion and no duplicate row.
 
 from __future__ import annotations
 
-from typing import Any
 
-import psycopg
 import pytest
 
 from tests.conftest import TEST_BUCKET, make_show
 from tests.fault_helpers import (  # noqa: F401 - fixtures
+    add_asset,
+    queue,
+    row_keys,
     S3Server,
     ServerDeletes,
     child_env,
@@ -32,25 +33,6 @@ from tests.fault_helpers import (  # noqa: F401 - fixtures
 )
 
 pytestmark = pytest.mark.slow  # child processes
-
-
-def _row_keys(conn: psycopg.Connection[Any]) -> list[str]:
-    return [r[0] for r in conn.execute("select object_key from core.show_assets order by object_key")]
-
-
-def _queue(conn: psycopg.Connection[Any]) -> dict[str, tuple[str, int]]:
-    return {r[0]: (r[1], r[2]) for r in conn.execute("select object_key, state, attempts from trr_assets.delete_queue")}
-
-
-def _add_asset(conn: psycopg.Connection[Any], server: S3Server, show: Any, name: str) -> str:
-    key = f"shows/{show}/{name}"
-    etag = server.put(key, key.encode())
-    conn.execute(
-        "insert into core.show_assets (show_id, bucket, object_key, size_bytes, checksum, updated_at)"
-        " values (%s, %s, %s, %s, %s, now() - interval '30 days')",
-        (show, TEST_BUCKET, key, len(key.encode()), etag),
-    )
-    return key
 
 
 def _assert_clean(env: dict[str, str]) -> None:
@@ -67,7 +49,7 @@ def test_sync_killed_mid_pass_keeps_whole_batches_and_the_restart_converges(conn
     keys = [f"shows/{show}/{i:03d}.jpg" for i in range(50)]
     for key in keys:
         s3_server.put(key, key.encode())
-    deleted = [_add_asset(conn, s3_server, show, f"deleted-{i}.jpg") for i in range(3)]
+    deleted = [add_asset(conn, s3_server, show, f"deleted-{i}.jpg") for i in range(3)]
     conn.execute("delete from core.show_assets")  # queued; their objects are still in S3
     env = child_env(
         db_url, s3_server.endpoint,
@@ -79,16 +61,16 @@ def test_sync_killed_mid_pass_keeps_whole_batches_and_the_restart_converges(conn
 
     assert killed(first), first.stderr
     wait_for_sessions_to_end(conn)
-    assert _row_keys(conn) == keys[:20]
+    assert row_keys(conn) == keys[:20]
 
     second = run_cli("sync", env=env)
 
     assert second.returncode == 0, second.stderr
     report = stdout_json(second)
     assert (report["inserted"], report["unchanged"], report["pending_deletes"]) == (30, 20, 3)
-    assert _row_keys(conn) == keys
+    assert row_keys(conn) == keys
     assert conn.execute("select count(*), count(distinct object_key) from core.show_assets").fetchone() == (50, 50)
-    assert set(_queue(conn)) == set(deleted)
+    assert set(queue(conn)) == set(deleted)
     assert stdout_json(run_cli("process-deletes", env=env))["deleted"] == 3
     assert s3_server.keys() == set(keys)
     _assert_clean(env)
@@ -101,8 +83,8 @@ def test_drain_killed_around_its_s3_call_loses_no_deletion(conn, db_url, s3_serv
     restarted drain deletes every queued object; the assets that kept their rows keep their objects."""
     server_deletes = ServerDeletes(monkeypatch)
     show = make_show(conn)
-    gone = [_add_asset(conn, s3_server, show, f"{i:03d}.jpg") for i in range(30)]
-    kept = [_add_asset(conn, s3_server, show, f"kept-{i}.jpg") for i in range(3)]
+    gone = [add_asset(conn, s3_server, show, f"{i:03d}.jpg") for i in range(30)]
+    kept = [add_asset(conn, s3_server, show, f"kept-{i}.jpg") for i in range(3)]
     conn.execute("delete from core.show_assets where object_key = any(%s)", (gone,))
     env = child_env(db_url, s3_server.endpoint, TRR_ASSETS_DELETES_BATCH_SIZE="10")
 
@@ -110,7 +92,7 @@ def test_drain_killed_around_its_s3_call_loses_no_deletion(conn, db_url, s3_serv
 
     assert killed(first), first.stderr
     wait_for_sessions_to_end(conn)
-    queued = _queue(conn)
+    queued = queue(conn)
     assert len(queued) == 20 and set(queued.values()) == {("pending", 0)}
     first_batch = set(gone) - set(queued)
     sent_before_kill = set(server_deletes.per_key())
@@ -124,10 +106,10 @@ def test_drain_killed_around_its_s3_call_loses_no_deletion(conn, db_url, s3_serv
 
     assert second.returncode == 0, second.stderr
     assert stdout_json(second)["deleted"] == 20
-    assert _queue(conn) == {}
+    assert queue(conn) == {}
     assert s3_server.keys() == set(kept)
     assert set(server_deletes.per_key()) == set(gone)  # nothing else was ever deleted
-    assert _row_keys(conn) == sorted(kept)
+    assert row_keys(conn) == sorted(kept)
     _assert_clean(env)
 
 
@@ -137,13 +119,13 @@ def test_repair_killed_mid_quarantine_loses_no_object_and_the_restart_converges(
     quarantine repair: every orphaned object is still at its key or in quarantine, bytes intact; the restarted
     repair quarantines the rest and deletes the orphaned rows; then reconcile is clean."""
     show = make_show(conn)
-    in_sync = [_add_asset(conn, s3_server, show, f"ok-{i}.jpg") for i in range(10)]
+    in_sync = [add_asset(conn, s3_server, show, f"ok-{i}.jpg") for i in range(10)]
     orphans = {}
     for i in range(6):
         key = f"shows/{show}/orphan-{i}.jpg"
         orphans[key] = f"orphan {i} bytes".encode()
         s3_server.client.put_object(Bucket=TEST_BUCKET, Key=key, Body=orphans[key])
-    orphaned_rows = [_add_asset(conn, s3_server, show, f"row-only-{i}.jpg") for i in range(3)]
+    orphaned_rows = [add_asset(conn, s3_server, show, f"row-only-{i}.jpg") for i in range(3)]
     for key in orphaned_rows:
         s3_server.client.delete_object(Bucket=TEST_BUCKET, Key=key)
     env = child_env(
@@ -173,6 +155,6 @@ def test_repair_killed_mid_quarantine_loses_no_object_and_the_restart_converges(
     assert summary["action_errors"] == 0
     assert s3_server.keys() == set(in_sync) | {quarantine + key for key in orphans}
     assert all(s3_server.body(quarantine + key) == body for key, body in orphans.items())
-    assert _row_keys(conn) == sorted(in_sync)
+    assert row_keys(conn) == sorted(in_sync)
     assert stdout_json(run_cli("process-deletes", env=env))["pending"] == 0
     _assert_clean(env)

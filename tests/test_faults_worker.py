@@ -13,14 +13,16 @@ restart is tests/test_worker_replicas.py's.
 
 from __future__ import annotations
 
-from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
-import psycopg
 import pytest
 
 from tests.conftest import TEST_BUCKET, make_show
 from tests.fault_helpers import (  # noqa: F401 - fixtures
+    add_asset,
+    thousand_assets,
+    queue,
+    row_keys,
     S3Server,
     ServerDeletes,
     child_env,
@@ -51,25 +53,6 @@ def _env(db_url: str, server: S3Server, *, sync: str = FAR, deletes: str = FAR, 
     )
 
 
-def _row_keys(conn: psycopg.Connection[Any]) -> list[str]:
-    return [r[0] for r in conn.execute("select object_key from core.show_assets order by object_key")]
-
-
-def _queue(conn: psycopg.Connection[Any]) -> dict[str, tuple[str, int]]:
-    return {r[0]: (r[1], r[2]) for r in conn.execute("select object_key, state, attempts from trr_assets.delete_queue")}
-
-
-def _add_asset(conn: psycopg.Connection[Any], server: S3Server, show: Any, name: str) -> str:
-    key = f"shows/{show}/{name}"
-    etag = server.put(key, key.encode())
-    conn.execute(
-        "insert into core.show_assets (show_id, bucket, object_key, size_bytes, checksum, updated_at)"
-        " values (%s, %s, %s, %s, %s, now() - interval '30 days')",
-        (show, TEST_BUCKET, key, len(key.encode()), etag),
-    )
-    return key
-
-
 def _until(worker: Process, condition: Any, what: str) -> None:
     wait_until(condition, what, watch=[worker])
 
@@ -89,7 +72,7 @@ def test_worker_killed_mid_sync_restarts_and_converges(conn, db_url, s3_server, 
     keys = [f"shows/{show}/{i:03d}.jpg" for i in range(50)]
     for key in keys:
         s3_server.put(key, key.encode())
-    deleted = [_add_asset(conn, s3_server, show, f"deleted-{i}.jpg") for i in range(3)]
+    deleted = [add_asset(conn, s3_server, show, f"deleted-{i}.jpg") for i in range(3)]
     conn.execute("delete from core.show_assets")
     tuning = dict(TRR_ASSETS_S3_LIST_SHARDS="1", TRR_ASSETS_S3_LIST_CONCURRENCY="1",
                   TRR_ASSETS_S3_HEAD_CONCURRENCY="1", TRR_ASSETS_SYNC_BATCH_SIZE="10")
@@ -98,12 +81,12 @@ def test_worker_killed_mid_sync_restarts_and_converges(conn, db_url, s3_server, 
 
     assert killed(first), first.stderr
     wait_for_sessions_to_end(conn)
-    assert _row_keys(conn) == keys[:20]
-    assert set(_queue(conn)) == set(deleted)
+    assert row_keys(conn) == keys[:20]
+    assert set(queue(conn)) == set(deleted)
 
     worker = Process(["worker"], _env(db_url, s3_server, sync="1", deletes="1", **tuning), tmp_path / "w.log")
     try:
-        _until(worker, lambda: _row_keys(conn) == keys and not _queue(conn), "the sync and the drain")
+        _until(worker, lambda: row_keys(conn) == keys and not queue(conn), "the sync and the drain")
     finally:
         assert _stop(worker) == 0
     assert conn.execute("select count(*), count(distinct object_key) from core.show_assets").fetchone() == (50, 50)
@@ -116,8 +99,8 @@ def test_worker_killed_between_s3_and_the_drains_commit_loses_no_deletion(conn, 
     queued; a restarted worker deletes every queued object (each removed from S3 once), and no other."""
     server_deletes = ServerDeletes(monkeypatch)
     show = make_show(conn)
-    gone = [_add_asset(conn, s3_server, show, f"{i:03d}.jpg") for i in range(30)]
-    kept = [_add_asset(conn, s3_server, show, f"kept-{i}.jpg") for i in range(3)]
+    gone = [add_asset(conn, s3_server, show, f"{i:03d}.jpg") for i in range(30)]
+    kept = [add_asset(conn, s3_server, show, f"kept-{i}.jpg") for i in range(3)]
     conn.execute("delete from core.show_assets where object_key = any(%s)", (gone,))
     env = _env(db_url, s3_server, deletes="1", TRR_ASSETS_DELETES_BATCH_SIZE="10")
 
@@ -125,32 +108,32 @@ def test_worker_killed_between_s3_and_the_drains_commit_loses_no_deletion(conn, 
 
     assert killed(first), first.stderr
     wait_for_sessions_to_end(conn)
-    queued = _queue(conn)
+    queued = queue(conn)
     assert len(queued) == 20 and set(queued.values()) == {("pending", 0)}
     assert len(set(server_deletes.per_key())) == 20  # S3 did delete the second batch
 
     worker = Process(["worker"], env, tmp_path / "w.log")
     try:
-        _until(worker, lambda: not _queue(conn), "the queue to empty")
+        _until(worker, lambda: not queue(conn), "the queue to empty")
     finally:
         assert _stop(worker) == 0
     assert s3_server.keys() == set(kept)
     assert set(server_deletes.per_key()) == set(gone)
     assert set(server_deletes.removed().values()) == {1} and set(server_deletes.removed()) == set(gone)
-    assert _row_keys(conn) == sorted(kept)
+    assert row_keys(conn) == sorted(kept)
 
 
 def test_worker_killed_mid_repair_restarts_and_converges(conn, db_url, s3_server, tmp_path):
     """SIGKILL between the copy and the delete of the worker's 3rd quarantine: no orphaned object is lost; a
     restarted worker quarantines the rest and deletes the orphaned rows, and its next reconcile finds no drift."""
     show = make_show(conn)
-    in_sync = [_add_asset(conn, s3_server, show, f"ok-{i}.jpg") for i in range(10)]
+    in_sync = [add_asset(conn, s3_server, show, f"ok-{i}.jpg") for i in range(10)]
     orphans = {}
     for i in range(6):
         key = f"shows/{show}/orphan-{i}.jpg"
         orphans[key] = f"orphan {i}".encode()
         s3_server.client.put_object(Bucket=TEST_BUCKET, Key=key, Body=orphans[key])
-    row_only = [_add_asset(conn, s3_server, show, f"row-only-{i}.jpg") for i in range(3)]
+    row_only = [add_asset(conn, s3_server, show, f"row-only-{i}.jpg") for i in range(3)]
     for key in row_only:
         s3_server.client.delete_object(Bucket=TEST_BUCKET, Key=key)
     policy = dict(TRR_ASSETS_RECONCILE_ORPHANED_OBJECTS="quarantine", TRR_ASSETS_RECONCILE_ORPHANED_ROWS="delete",
@@ -169,7 +152,7 @@ def test_worker_killed_mid_repair_restarts_and_converges(conn, db_url, s3_server
     worker = Process(["worker"], env, tmp_path / "w.log")
     try:
         _until(worker, lambda: s3_server.keys() == set(in_sync) | quarantined
-               and _row_keys(conn) == sorted(in_sync) and not _queue(conn), "the repair")
+               and row_keys(conn) == sorted(in_sync) and not queue(conn), "the repair")
         runs = len(worker.events("job_finished", job="reconcile"))
         _until(worker, lambda: len(worker.events("job_finished", job="reconcile")) > runs, "one more reconcile")
     finally:
@@ -184,26 +167,18 @@ def test_two_workers_and_an_operators_delete_delete_each_object_exactly_once(con
     `trr-assets delete` on 200 more. Every one of the 800 objects is deleted by S3 exactly once, whoever asked;
     the 200 assets left alone keep their objects, never sent for deletion."""
     server_deletes = ServerDeletes(monkeypatch)
-    show = make_show(conn)
-    keys = [f"shows/{show}/{i:04d}.jpg" for i in range(1000)]
-    with ThreadPoolExecutor(8) as pool:
-        list(pool.map(lambda key: s3_server.client.put_object(Bucket=TEST_BUCKET, Key=key, Body=b"x"), keys))
-    ids = dict(conn.execute(
-        "insert into core.show_assets (show_id, bucket, object_key, size_bytes)"
-        " select %s, %s, k, 1 from unnest(%s::text[]) k returning object_key, id",
-        (show, TEST_BUCKET, keys),
-    ).fetchall())
+    keys, ids = thousand_assets(conn, s3_server)
     by_sql, by_operator, survivors = keys[:600], keys[600:800], keys[800:]
     env = _env(db_url, s3_server, deletes="1", TRR_ASSETS_DELETES_BATCH_SIZE="5")
     workers = [Process(["worker"], env, tmp_path / f"w{n}.log") for n in (1, 2)]
     try:
         wait_until(lambda: all(w.events("heartbeat") for w in workers), "both workers up", watch=workers)
         conn.execute("delete from core.show_assets where object_key = any(%s)", (by_sql,))
-        wait_until(lambda: len(_queue(conn)) < 600, "the workers to start draining", watch=workers)
+        wait_until(lambda: len(queue(conn)) < 600, "the workers to start draining", watch=workers)
         operator = run_cli("delete", *(str(ids[k]) for k in by_operator), env=env)
         assert operator.returncode in (0, 1), operator.stderr  # 1: some were being deleted by a worker
         assert stdout_json(operator)["deleted_rows"] == 200
-        wait_until(lambda: not _queue(conn), "the queue to empty", watch=workers)
+        wait_until(lambda: not queue(conn), "the queue to empty", watch=workers)
     finally:
         codes = [_stop(w) for w in workers]
     assert codes == [0, 0]
@@ -212,7 +187,7 @@ def test_two_workers_and_an_operators_delete_delete_each_object_exactly_once(con
     assert set(sent.values()) == {1}
     assert server_deletes.removed() == sent
     assert s3_server.keys() == set(survivors)
-    assert set(_row_keys(conn)) == set(survivors)
+    assert set(row_keys(conn)) == set(survivors)
     drained = sum(e["counts"]["deleted"] for w in workers for e in w.events("job_finished", job="deletes"))
     assert drained + stdout_json(operator)["deleted_objects"] == 800
     assert all(w.events("job_finished", job="deletes") for w in workers)  # both workers took part

@@ -12,19 +12,19 @@ upload in flight during reconcile.
 from __future__ import annotations
 
 import threading
-from concurrent.futures import ThreadPoolExecutor
 import urllib.request
 from datetime import datetime, timedelta, timezone
 from typing import Any
 
 import psycopg
 
-from tests.conftest import TEST_BUCKET, make_show
+from tests.conftest import make_show
 from tests.fault_helpers import (  # noqa: F401 - fixtures
     WAIT,
     ServerDeletes,
     moto_endpoint,
     s3_server,
+    thousand_assets,
 )
 from trr_assets import deletes, reconcile, storage, sync
 from trr_assets.presign import Presigner
@@ -72,15 +72,7 @@ def test_two_drains_and_an_operators_delete_at_once_delete_each_object_exactly_o
     S3 server, whoever sent it); the 200 assets that keep their rows keep their objects and were never sent."""
     server_deletes = ServerDeletes(monkeypatch)
     settings = s3_server.settings(db_url, deletes={"batch_size": 20})
-    show = make_show(conn)
-    keys = [f"shows/{show}/{i:04d}.jpg" for i in range(1000)]
-    with ThreadPoolExecutor(8) as pool:
-        list(pool.map(lambda key: s3_server.client.put_object(Bucket=TEST_BUCKET, Key=key, Body=b"x"), keys))
-    ids = dict(conn.execute(
-        "insert into core.show_assets (show_id, bucket, object_key, size_bytes)"
-        " select %s, %s, k, 1 from unnest(%s::text[]) k returning object_key, id",
-        (show, TEST_BUCKET, keys),
-    ).fetchall())
+    keys, ids = thousand_assets(conn, s3_server)
     by_sql, by_operator, survivors = keys[:600], keys[600:800], keys[800:]
     conn.execute("delete from core.show_assets where object_key = any(%s)", (by_sql,))
 
