@@ -414,15 +414,10 @@ def test_cli_presign_s3_url_and_errors(db_url, aws_env, conn, tmp_path, capsys):
 @pytest.fixture(scope="module")
 def s3_server() -> Iterator[str]:
     """moto in server mode on a free local port; yields its endpoint URL."""
-    from moto.server import ThreadedMotoServer
+    from tests.worker_helpers import moto_server
 
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
-    server.start()
-    host, port = server.get_host_and_port()
-    try:
-        yield f"http://{host}:{port}"
-    finally:
-        server.stop()
+    with moto_server() as endpoint:
+        yield endpoint
 
 
 def test_presigned_urls_work_over_http(db_url, aws_env, conn, s3_server):
