@@ -174,11 +174,12 @@ def diff_range(
     bucket: str,
     prefix: str,
     key_range: KeyRange,
+    splits: storage.ListingSplits | None = None,
     *,
     compare_only: bool = False,
 ) -> Iterator[Diff]:
     """List ``key_range`` of ``bucket`` and merge it with its rows (see ``stream_rows``)."""
     objects = storage.list_objects(
-        client, bucket, prefix=prefix, start_at=key_range.start_at, stop_before=key_range.stop_before
+        client, bucket, prefix=prefix, start_at=key_range.start_at, stop_before=key_range.stop_before, splits=splits
     )
     return merge(objects, stream_rows(conn, bucket, key_range, compare_only=compare_only))

@@ -8,7 +8,9 @@ and PostgreSQL's ``collate "C"`` order.
 from __future__ import annotations
 
 import functools
+import math
 import re
+import string
 import uuid
 from dataclasses import dataclass
 from enum import Enum
@@ -92,3 +94,51 @@ def exact_prefix(key_range: KeyRange) -> str | None:
     if key_range.start_at and key_range.stop_before == prefix_end(key_range.start_at):
         return key_range.start_at
     return None
+
+
+_HEX_DIGITS = 12  # read from a key to place it: 48 bits, finer than any page
+
+
+def _hex_fraction(key: str, prefix: str) -> float | None:
+    """Where ``key`` sits among the keys under ``prefix``, 0 to 1, reading the
+    hex digits after the prefix; None when the first is not one."""
+    value = digits = 0
+    for char in key[len(prefix):len(prefix) + _HEX_DIGITS]:
+        digit = int(char, 16) if char in string.hexdigits else -1
+        if digit < 0:
+            break
+        value, digits = value * 16 + digit, digits + 1
+    return value / 16**digits if digits else None
+
+
+def split_points(
+    first: str, last: str, stop_before: str | None, prefix: str, *, listed: int, page_size: int, most: int
+) -> list[str]:
+    """Boundaries that split what is left of a listing into parts of about a page each.
+
+    A listing of the keys under ``prefix`` below ``stop_before`` has read a
+    page of ``listed`` keys, ``first`` to ``last``. Keys are taken to go on
+    in hex digits, as show UUIDs do (``shard_ranges`` makes the same guess),
+    and as densely as on that page: what is left, up to ``stop_before``, is
+    then estimated in pages and cut into that many parts (at most ``most``
+    + 1), evenly. Each boundary ``b`` has ``last < b < stop_before`` and they
+    ascend, so the parts cover what is left exactly, whatever the keys really
+    are; a wrong guess costs balance, never a key. No estimate (keys not in
+    hex, a page of one key) means no boundaries.
+    """
+    start, end = _hex_fraction(first, prefix), _hex_fraction(last, prefix)
+    stop = 1.0 if stop_before is None or not stop_before.startswith(prefix) else _hex_fraction(stop_before, prefix)
+    if start is None or end is None or stop is None or end <= start or stop <= end or most < 1:
+        return []
+    pages_left = listed * (stop - end) / (end - start) / page_size
+    parts = min(most + 1, math.ceil(pages_left))
+    if parts < 2:
+        return []
+    upper = any(c in "ABCDEF" for c in last[len(prefix):])
+    bounds: list[str] = []
+    for i in range(1, parts):
+        digits = format(int((end + (stop - end) * i / parts) * 16**_HEX_DIGITS), f"0{_HEX_DIGITS}x")
+        bound = prefix + (digits.upper() if upper else digits).rstrip("0")
+        if bound > (bounds[-1] if bounds else last) and (stop_before is None or bound < stop_before):
+            bounds.append(bound)
+    return bounds

@@ -507,6 +507,9 @@ class _Reconciler:
         self.states = {bucket: _BucketState() for bucket in buckets}
         self.lock = threading.Lock()  # guards states, budgets and the sink
         self.workers = 1 if inventory else settings.s3.list_concurrency
+        # A shard found to hold more than its share is split while the
+        # run's listings are doubled at most (see storage.ListingSplits).
+        self.splits = storage.ListingSplits(extra_listings=settings.s3.list_concurrency)
         self.pool = db.make_pool(
             settings.database,
             name="trr-assets reconcile",
@@ -621,6 +624,7 @@ class _Reconciler:
             start_at=unit.key_range.start_at,
             stop_before=unit.key_range.stop_before,
             page_size=LIST_PAGE_SIZE,
+            splits=self.splits,
         )
         return diff.merge(objects, rows)
 
@@ -946,9 +950,7 @@ def run(
     bucket's repair was refused, ``ReconcileIncomplete`` (exit 1) if a
     bucket could not be read whole or a repair failed; both carry the summary.
     """
-    client = client or storage.make_client(
-        settings.s3, max_pool_connections=max(32, 2 * settings.s3.list_concurrency)
-    )
+    client = client or storage.make_client(settings.s3)
     prefix = settings.s3.prefix if options.prefix is None else options.prefix
     grace = settings.reconcile.grace_seconds if options.grace_seconds is None else options.grace_seconds
     manifest = read_manifest(client, options.inventory) if options.inventory else None

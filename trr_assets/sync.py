@@ -417,6 +417,7 @@ class _Context:
     client: Any
     pool: ConnectionPool
     heads: Executor
+    splits: storage.ListingSplits
     prefix: str
     progress: _Progress
     stop: threading.Event
@@ -443,7 +444,7 @@ def run(
     s3 = settings.s3
     names = list(dict.fromkeys(buckets if buckets is not None else s3.buckets))
     prefix = s3.prefix if prefix is None else prefix
-    client = client or storage.make_client(s3, max_pool_connections=s3.list_concurrency + s3.head_concurrency)
+    client = client or storage.make_client(s3)
     stop = stop or threading.Event()
     progress_line = _Progress(sys.stderr.isatty() if progress is None else progress, sys.stderr)
     if not names:
@@ -453,7 +454,10 @@ def run(
     # Two connections per running unit: the reader's cursor and the writer.
     pool = db.make_pool(settings.database, name="trr-assets sync", min_size=0, max_size=2 * s3.list_concurrency)
     with _open(pool), ThreadPoolExecutor(s3.head_concurrency, thread_name_prefix="trr-head") as heads:
-        _run_units(_Context(settings, client, pool, heads, prefix, progress_line, stop), units)
+        # A shard found to hold more than its share is split while the
+        # run's listings are doubled at most (see storage.ListingSplits).
+        splits = storage.ListingSplits(extra_listings=s3.list_concurrency)
+        _run_units(_Context(settings, client, pool, heads, splits, prefix, progress_line, stop), units)
     progress_line.close()
     reports = {name: tally.report() for name, tally in tallies.items()}
     for name, tally in tallies.items():
@@ -539,7 +543,7 @@ def _merge_and_write(
         batch, scanned, same, pending = [], 0, 0, 0
 
     # Sync compares size and ETag only: the lighter row stream will do.
-    for item in diff.diff_range(ctx.client, reader, bucket, ctx.prefix, shard, compare_only=True):
+    for item in diff.diff_range(ctx.client, reader, bucket, ctx.prefix, shard, ctx.splits, compare_only=True):
         if item.obj is None:  # a row with no object: reconcile's business
             continue
         scanned += 1

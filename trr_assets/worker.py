@@ -227,10 +227,8 @@ class Worker:
     def s3(self) -> Any:
         with self._s3_lock:
             if self._s3 is None:
-                s3 = self.settings.s3
-                # One client for every job: room for sync's listings and HEADs at once.
-                connections = max(32, s3.list_concurrency + s3.head_concurrency, 2 * s3.list_concurrency)
-                self._s3 = storage.make_client(s3, max_pool_connections=connections)
+                # One client for every job (its pool has room for a job's listings and HEADs).
+                self._s3 = storage.make_client(self.settings.s3)
             return self._s3
 
     def run_job(self, job: Job, *, hold: bool = False) -> str:
