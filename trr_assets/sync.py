@@ -22,7 +22,7 @@ import threading
 import time
 import uuid
 from collections.abc import Iterable, Iterator, Sequence
-from concurrent.futures import Executor, ThreadPoolExecutor
+from concurrent.futures import Executor, Future, ThreadPoolExecutor, wait
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple, TextIO
@@ -183,15 +183,42 @@ def upsert_objects(
     ``conn.transaction()``: committed per batch on an idle connection, a
     savepoint inside a transaction the caller holds. ``head_pool`` runs the
     HEAD requests (default: a pool of ``s3.head_concurrency`` for this call).
+
+    Given more than one batch, batch N is written (on ``conn``, from a
+    thread of this call) while batch N+1 is parsed and HEADed: the
+    database and the HEADs work at the same time, and at most two batches
+    are held. Batches still commit one at a time, in order; an error stops
+    the call once the write in flight has ended.
     """
     pattern = re.compile(settings.s3.key_pattern)
     own_pool = head_pool is None
     pool = head_pool or ThreadPoolExecutor(settings.s3.head_concurrency, thread_name_prefix="trr-head")
     total = UpsertCounts()
+    ready: list[_Row] = []  # the previous batch, HEADed, not yet written
+    writer: ThreadPoolExecutor | None = None
+    writing: Future[UpsertCounts] | None = None
     try:
         for chunk in _chunks(objects, settings.sync.batch_size):
-            total += _upsert_batch(conn, client, bucket, chunk, pattern, pool)
+            wanted, counts = _parse(chunk, pattern)
+            if writing is not None:  # the connection is free once the previous write ended
+                total += writing.result()
+                writing = None
+            todo, skipped = _known_shows(conn, wanted)
+            if ready:
+                writer = writer or ThreadPoolExecutor(1, thread_name_prefix="trr-sync-write")
+                writing = writer.submit(_write, conn, bucket, ready)
+            ready, headed = _head_all(client, bucket, todo, pool)
+            total += counts + skipped + headed
+        if writing is not None:
+            total += writing.result()
+            writing = None
+        if ready:
+            total += _write(conn, bucket, ready)
     finally:
+        if writing is not None:  # an error meanwhile: let the write end before the caller reuses conn
+            wait([writing])
+        if writer is not None:
+            writer.shutdown(wait=True)
         if own_pool:
             pool.shutdown(wait=True)
     return total
@@ -218,16 +245,12 @@ class _Row(NamedTuple):  # immutable; a NamedTuple is built 4x faster (see diff)
     invalid_owner: bool = False  # `owner-id` metadata was there but not a UUID
 
 
-def _upsert_batch(
-    conn: psycopg.Connection[Any],
-    client: Any,
-    bucket: str,
-    objects: list[ObjectInfo],
-    pattern: re.Pattern[str],
-    pool: Executor,
-) -> UpsertCounts:
-    counts = UpsertCounts()
-    wanted: dict[str, tuple[ObjectInfo, uuid.UUID]] = {}  # deduplicated; the last listing wins
+def _parse(
+    objects: list[ObjectInfo], pattern: re.Pattern[str]
+) -> tuple[dict[str, tuple[ObjectInfo, uuid.UUID]], UpsertCounts]:
+    """The batch deduplicated (the last listing wins) with each key's show,
+    and the counts of the keys that name no show."""
+    wanted: dict[str, tuple[ObjectInfo, uuid.UUID]] = {}
     rejected: dict[keys.SkipReason, list[str]] = {}
     for obj in objects:
         parsed = keys.parse_show_id(obj.key, pattern)
@@ -235,20 +258,30 @@ def _upsert_batch(
             rejected.setdefault(parsed, []).append(obj.key)
         else:
             wanted[obj.key] = (obj, parsed)
-    existing = _existing_shows(conn, {show_id for _, show_id in wanted.values()})
-    unknown = [key for key, (_, show_id) in wanted.items() if show_id not in existing]
-    if unknown:
-        rejected.setdefault(keys.SkipReason.UNKNOWN_SHOW, []).extend(unknown)
+    counts = UpsertCounts()
     for reason, found in rejected.items():
         counts += _skips(reason, found)
+    return wanted, counts
+
+
+def _known_shows(
+    conn: psycopg.Connection[Any], wanted: dict[str, tuple[ObjectInfo, uuid.UUID]]
+) -> tuple[list[tuple[ObjectInfo, uuid.UUID]], UpsertCounts]:
+    """The objects whose show exists, and the count of those whose show does not."""
+    existing = _existing_shows(conn, {show_id for _, show_id in wanted.values()})
+    unknown = [key for key, (_, show_id) in wanted.items() if show_id not in existing]
     todo = [(obj, show_id) for obj, show_id in wanted.values() if show_id in existing]
+    return todo, (_skips(keys.SkipReason.UNKNOWN_SHOW, unknown) if unknown else UpsertCounts())
+
+
+def _head_all(
+    client: Any, bucket: str, todo: list[tuple[ObjectInfo, uuid.UUID]], pool: Executor
+) -> tuple[list[_Row], UpsertCounts]:
+    """The rows of the objects still there, and the counts of the others."""
     heads = list(pool.map(lambda item: _head(client, bucket, item[0], item[1]), todo))
     rows = [row for row in heads if row is not None]
     invalid_owner = sum(1 for row in rows if row.invalid_owner)
-    counts += UpsertCounts(vanished=len(heads) - len(rows), invalid_owner_ids=invalid_owner)
-    if rows:
-        counts += _write(conn, bucket, rows)
-    return counts
+    return rows, UpsertCounts(vanished=len(heads) - len(rows), invalid_owner_ids=invalid_owner)
 
 
 def _existing_shows(conn: psycopg.Connection[Any], show_ids: set[uuid.UUID]) -> set[uuid.UUID]:
