@@ -137,7 +137,7 @@ def test_upsert_objects_deduplicates_within_a_batch_and_counts_vanished_objects(
 
 
 def test_upsert_objects_over_several_batches_writes_each_key_once_and_adds_up_the_counts(conn, db_url, s3):
-    """Batches written while the next is HEADed: every row once, counts summed, guard disarmed in the caller's transaction."""
+    """Several batches: every row once, counts summed, the guard disarmed again in the caller's transaction."""
     show = make_show(conn)
     objects = []
     for i in range(7):
@@ -174,7 +174,7 @@ class _FailingHeads:
 
 
 def test_upsert_objects_failing_in_a_later_batch_keeps_the_batches_before_it_whole(conn, db_url, s3):
-    """An S3 error while batch 3 is HEADed ends the call after batch 2's write: batches 1-2 committed, no more."""
+    """An S3 error while batch 3 is HEADed ends the call: batches 1-2 committed whole, nothing of the rest."""
     show = make_show(conn)
     keys = [show_key(show, f"{i:02d}.jpg") for i in range(8)]
     for key in keys:

@@ -23,7 +23,7 @@ import threading
 import time
 import uuid
 from collections.abc import Iterable, Iterator, Sequence
-from concurrent.futures import Executor, Future, ThreadPoolExecutor, wait
+from concurrent.futures import Executor, ThreadPoolExecutor
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple, TextIO
@@ -184,42 +184,20 @@ def upsert_objects(
     ``conn.transaction()``: committed per batch on an idle connection, a
     savepoint inside a transaction the caller holds. ``head_pool`` runs the
     HEAD requests (default: a pool of ``s3.head_concurrency`` for this call).
-
-    Given more than one batch, batch N is written (on ``conn``, from a
-    thread of this call) while batch N+1 is parsed and HEADed: the
-    database and the HEADs work at the same time, and at most two batches
-    are held. Batches still commit one at a time, in order; an error stops
-    the call once the write in flight has ended.
     """
     pattern = re.compile(settings.s3.key_pattern)
     own_pool = head_pool is None
     pool = head_pool or ThreadPoolExecutor(settings.s3.head_concurrency, thread_name_prefix="trr-head")
     total = UpsertCounts()
-    ready: list[_Row] = []  # the previous batch, HEADed, not yet written
-    writer: ThreadPoolExecutor | None = None
-    writing: Future[UpsertCounts] | None = None
     try:
         for chunk in _chunks(objects, settings.sync.batch_size):
             wanted, counts = _parse(chunk, pattern)
-            if writing is not None:  # the connection is free once the previous write ended
-                total += writing.result()
-                writing = None
-            todo, skipped = _known_shows(conn, wanted)
-            if ready:
-                writer = writer or ThreadPoolExecutor(1, thread_name_prefix="trr-sync-write")
-                writing = writer.submit(_write, conn, bucket, ready)
-            ready, headed = _head_all(client, bucket, todo, pool)
-            total += counts + skipped + headed
-        if writing is not None:
-            total += writing.result()
-            writing = None
-        if ready:
-            total += _write(conn, bucket, ready)
+            todo, unknown = _known_shows(conn, wanted)
+            rows, headed = _head_all(client, bucket, todo, pool)
+            total += counts + unknown + headed
+            if rows:
+                total += _write(conn, bucket, rows)
     finally:
-        if writing is not None:  # an error meanwhile: let the write end before the caller reuses conn
-            wait([writing])
-        if writer is not None:
-            writer.shutdown(wait=True)
         if own_pool:
             pool.shutdown(wait=True)
     return total
@@ -376,7 +354,20 @@ def _time_ordered_ids(count: int) -> list[str]:
     """
     millis = f"{time.time_ns() // 1_000_000 & 0xFFFF_FFFF_FFFF:012x}"
     randomness = os.urandom(6 * count).hex()
-    return [f"{millis}7{i >> 12 & 0xFFF:03x}8{i & 0xFFF:03x}{randomness[12 * i : 12 * i + 12]}" for i in range(count)]
+    counters = _counters(count)
+    return [millis + counters[i] + randomness[12 * i : 12 * i + 12] for i in range(count)]
+
+
+_counter_texts: list[str] = []  # "7xxx8yyy" of 0, 1, 2, ...: the same in every batch, made once
+
+
+def _counters(count: int) -> list[str]:
+    global _counter_texts
+    texts = _counter_texts
+    if len(texts) < count:  # replaced whole, never changed in place: a racing thread makes the same list
+        texts = [f"7{i >> 12 & 0xFFF:03x}8{i & 0xFFF:03x}" for i in range(count)]
+        _counter_texts = texts
+    return texts
 
 
 # --- one pass ------------------------------------------------------------------
