@@ -5,16 +5,18 @@ from __future__ import annotations
 import json
 import threading
 import time
+import uuid
 from datetime import datetime, timezone
 from typing import Any
 
+import botocore.exceptions
 import psycopg
 import pytest
 import structlog
 
 from trr_assets import cli, sync
 from trr_assets.config import Settings
-from trr_assets.errors import DatabaseError
+from trr_assets.errors import DatabaseError, StorageError
 from trr_assets.storage import ObjectInfo
 from tests.conftest import TEST_BUCKET, make_settings, make_show
 from tests.sync_helpers import put, rows, run, show_key, sync_settings
@@ -132,6 +134,61 @@ def test_upsert_objects_deduplicates_within_a_batch_and_counts_vanished_objects(
 
     assert set(rows(conn)) == {key}
     assert (counts.inserted, counts.vanished, counts.skipped) == (1, 1, 0)
+
+
+def test_upsert_objects_over_several_batches_writes_each_key_once_and_adds_up_the_counts(conn, db_url, s3):
+    """Several batches: every row once, counts summed, the guard disarmed again in the caller's transaction."""
+    show = make_show(conn)
+    objects = []
+    for i in range(7):
+        put(s3, show_key(show, f"{i:02d}.jpg"), bytes([i]) * (i + 1))
+        objects.append(_object(s3, show_key(show, f"{i:02d}.jpg")))
+    ghost = ObjectInfo(show_key(show, "08-gone.jpg"), 1, "0" * 32, datetime.now(timezone.utc))
+    no_show = ObjectInfo(show_key(uuid.uuid4(), "x.jpg"), 1, "0" * 32, datetime.now(timezone.utc))
+    listing = [*objects[:3], objects[1], no_show, *objects[3:], ghost]
+    settings = sync_settings(db_url, batch_size=2)
+
+    with psycopg.connect(db_url) as writer:  # the caller holds a transaction: each batch is a savepoint
+        with writer.transaction():
+            counts = sync.upsert_objects(writer, s3, TEST_BUCKET, listing, settings=settings)
+            guard = writer.execute("select current_setting('trr_assets.refuse_queued_keys', true)").fetchone()
+
+    assert set(rows(conn)) == {o.key for o in objects}
+    assert all(row[1] == int(key[-6:-4]) + 1 for key, row in rows(conn).items())
+    assert (counts.inserted, counts.updated, counts.vanished, counts.skipped) == (7, 0, 1, 1)
+    assert counts.skipped_by_reason == {"unknown_show": 1}
+    assert guard == ("off",)
+
+
+class _FailingHeads:
+    """An S3 client whose HEAD of one key fails as S3 would (a 500)."""
+
+    def __init__(self, client: Any, failing_key: str) -> None:
+        self._client, self._failing_key = client, failing_key
+
+    def head_object(self, *, Bucket: str, Key: str) -> dict[str, Any]:
+        if Key == self._failing_key:
+            error = {"Error": {"Code": "InternalError", "Message": "boom"}}
+            raise botocore.exceptions.ClientError(error, "HeadObject")
+        return self._client.head_object(Bucket=Bucket, Key=Key)  # type: ignore[no-any-return]
+
+
+def test_upsert_objects_failing_in_a_later_batch_keeps_the_batches_before_it_whole(conn, db_url, s3):
+    """An S3 error while batch 3 is HEADed ends the call: batches 1-2 committed whole, nothing of the rest."""
+    show = make_show(conn)
+    keys = [show_key(show, f"{i:02d}.jpg") for i in range(8)]
+    for key in keys:
+        put(s3, key)
+    objects = [_object(s3, key) for key in keys]
+    settings = sync_settings(db_url, batch_size=2)
+
+    with psycopg.connect(db_url, autocommit=True) as writer:
+        with pytest.raises(StorageError, match="boom"):
+            sync.upsert_objects(writer, _FailingHeads(s3, keys[4]), TEST_BUCKET, objects, settings=settings)
+        status = writer.info.transaction_status
+
+    assert set(rows(conn)) == set(keys[:4])
+    assert status == psycopg.pq.TransactionStatus.IDLE
 
 
 def test_upsert_objects_never_inserts_a_queued_key(conn, db_url, s3):

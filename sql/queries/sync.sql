@@ -7,26 +7,30 @@
 -- Supabase's service_role / postgres).
 select id from core.shows where id = any(%(ids)s::uuid[])
 
--- name: sync_create_batch_table
--- The per-connection staging table a batch is COPYed into.
+-- name: sync_prepare_batch
+-- One round trip before a batch's COPY: arm the guard trigger of 0007 for
+-- this transaction only, create the per-connection staging table on first
+-- use, and empty it (on commit it empties itself; inside a caller's
+-- transaction the previous batch's rows would still be there).
+select set_config('trr_assets.refuse_queued_keys', 'on', true);
 create temp table if not exists trr_sync_batch (
+  id uuid not null,
   object_key text collate "C" not null,
   show_id uuid not null,
   size_bytes bigint not null,
   checksum text not null,
   content_type text,
   owner_id uuid
-) on commit delete rows
-
--- name: sync_clear_batch_table
+) on commit delete rows;
 truncate pg_temp.trr_sync_batch
 
 -- name: sync_copy_batch
-copy pg_temp.trr_sync_batch (object_key, show_id, size_bytes, checksum, content_type, owner_id) from stdin
+copy pg_temp.trr_sync_batch (id, object_key, show_id, size_bytes, checksum, content_type, owner_id) from stdin
 
--- name: sync_refuse_queued_keys
--- Arms the guard trigger of 0007 for this transaction only.
-select set_config('trr_assets.refuse_queued_keys', %(state)s, true)
+-- name: sync_refuse_queued_keys_off
+-- Disarms the guard again when the batch ran inside a caller's transaction
+-- (a top-level transaction drops the setting at its commit).
+select set_config('trr_assets.refuse_queued_keys', 'off', true)
 
 -- name: sync_upsert_batch
 -- One statement per batch. Inserts only keys whose show exists and whose
@@ -35,7 +39,9 @@ select set_config('trr_assets.refuse_queued_keys', %(state)s, true)
 -- An existing row is rewritten only when something differs, so an unchanged
 -- object writes nothing and updated_at (set by a BEFORE UPDATE trigger)
 -- stays. owner_id is kept when the object carries no owner-id metadata.
--- Rows go in key order, so concurrent writers lock in the same order.
+-- Rows go in key order, so concurrent writers lock in the same order. A new
+-- row takes the id sync gave it in the staging table, time-ordered (see
+-- sync._time_ordered_ids); an existing row keeps its id.
 -- Returns the counts of what happened to the batch.
 with batch as materialized (
   select b.*,
@@ -46,8 +52,8 @@ with batch as materialized (
 ),
 written as (
   insert into core.show_assets as a
-    (show_id, bucket, object_key, content_type, size_bytes, checksum, owner_id)
-  select show_id, %(bucket)s, object_key, content_type, size_bytes, checksum, owner_id
+    (id, show_id, bucket, object_key, content_type, size_bytes, checksum, owner_id)
+  select id, show_id, %(bucket)s, object_key, content_type, size_bytes, checksum, owner_id
   from batch
   where show_exists and not queued
   order by object_key
