@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import enum
 import functools
+import itertools
 import uuid
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from datetime import datetime
@@ -62,6 +63,10 @@ class Diff(NamedTuple):
     row: RowInfo | None
 
 
+# A Diff built by tuple.__new__ in C: NamedTuple's own __new__ is a Python
+# function, a frame per key.
+_diff = functools.partial(tuple.__new__, Diff)
+
 _ONLY_IN_S3, _ONLY_IN_DB, _SAME, _CHANGED, _PENDING = (
     Kind.ONLY_IN_S3,
     Kind.ONLY_IN_DB,
@@ -92,11 +97,11 @@ def merge(objects: Iterable[ObjectInfo], rows: Iterable[RowInfo]) -> Iterator[Di
     while obj is not None or row is not None:
         if row is None or (obj is not None and obj.key < row.key):
             assert obj is not None
-            yield Diff(_ONLY_IN_S3, obj.key, obj, None)
+            yield _diff((_ONLY_IN_S3, obj.key, obj, None))
             advance_obj, advance_row = True, False
         elif obj is None or row.key < obj.key:
             if not row.queued:  # a queued deletion whose object is gone: nothing to report
-                yield Diff(_ONLY_IN_DB, row.key, None, row)
+                yield _diff((_ONLY_IN_DB, row.key, None, row))
             advance_obj, advance_row = False, True
         else:
             if row.queued:
@@ -105,7 +110,7 @@ def merge(objects: Iterable[ObjectInfo], rows: Iterable[RowInfo]) -> Iterator[Di
                 kind = _SAME
             else:
                 kind = _CHANGED
-            yield Diff(kind, obj.key, obj, row)
+            yield _diff((kind, obj.key, obj, row))
             advance_obj = advance_row = True
         if advance_obj:
             following = next(objs, None)
@@ -154,12 +159,26 @@ def stream_rows(
     carry only key, size and ETag (``asset_id`` and ``updated_at`` are None),
     all that sync needs, and cheaper to read.
     """
+    # Each page is a list handed out by itertools.chain in C: iterating the
+    # cursor itself runs a Python method per row.
+    return itertools.chain.from_iterable(_row_pages(conn, bucket, key_range, itersize, compare_only))
+
+
+def _row_pages(
+    conn: psycopg.Connection[Any], bucket: str, key_range: KeyRange, itersize: int, compare_only: bool
+) -> Iterator[list[RowInfo]]:
     params = {"bucket": bucket, "start_at": key_range.start_at, "stop_before": key_range.stop_before}
     cursor = conn.cursor(name=f"trr_rows_{uuid.uuid4().hex[:12]}", binary=True, row_factory=_row_info_maker)
-    cursor.itersize = itersize
     with db.wrap_errors(f"read rows of bucket {bucket}"):
+        if not compare_only:  # before the cursor exists: its loaders take the zone then
+            conn.execute(db.query("stream_rows_in_utc"))
         cursor.execute(db.query("stream_row_keys_in_range" if compare_only else "stream_rows_in_range"), params)
-        yield from cursor
+        while True:
+            page = cursor.fetchmany(itersize)
+            if page:
+                yield page
+            if len(page) < itersize:
+                break
     cursor.close()
 
 
