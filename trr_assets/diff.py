@@ -1,9 +1,9 @@
 """The diff engine that sync and reconcile share.
 
 S3 lists keys in byte order, and ``core.show_assets.object_key`` is collated
-"C", so the listing and a server-side cursor over the rows are two sorted
-streams that merge-join in one pass, holding one item of each at a time:
-memory does not grow with the bucket. Each key comes out as one ``Diff``:
+"C", so the listing and a streamed query over the rows are two sorted
+streams that merge-join in one pass, holding one object and one chunk of
+rows at a time: memory does not grow with the bucket. Each key comes out as one ``Diff``:
 
 - ``ONLY_IN_S3``: an object with no row (sync inserts it; reconcile: orphaned object)
 - ``ONLY_IN_DB``: a row with no object (reconcile: orphaned row)
@@ -17,8 +17,6 @@ from __future__ import annotations
 
 import enum
 import functools
-import itertools
-import uuid
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from datetime import datetime
 from typing import Any, NamedTuple
@@ -86,41 +84,50 @@ def merge(objects: Iterable[ObjectInfo], rows: Iterable[RowInfo]) -> Iterator[Di
 
     Written as one loop with a one-row lookahead, ``next(it, None)`` and one
     key comparison per item on the common path: this loop is the merge core's
-    cost per key.
+    cost per key. The row stream is closed when the merge ends, however it
+    ends.
     """
     objs, rws = iter(objects), iter(rows)
-    obj = next(objs, None)
-    row = next(rws, None)
-    ahead = next(rws, None) if row is not None else None
-    if ahead is not None and row is not None and ahead.key <= row.key:
-        row, ahead = _fold(row, ahead, rws)
-    while obj is not None or row is not None:
-        if row is None or (obj is not None and obj.key < row.key):
-            assert obj is not None
-            yield _diff((_ONLY_IN_S3, obj.key, obj, None))
-            advance_obj, advance_row = True, False
-        elif obj is None or row.key < obj.key:
-            if not row.queued:  # a queued deletion whose object is gone: nothing to report
-                yield _diff((_ONLY_IN_DB, row.key, None, row))
-            advance_obj, advance_row = False, True
-        else:
-            if row.queued:
-                kind = _PENDING
-            elif row.size == obj.size and row.etag == obj.etag:
-                kind = _SAME
+    try:
+        obj = next(objs, None)
+        row = next(rws, None)
+        ahead = next(rws, None) if row is not None else None
+        if ahead is not None and row is not None and ahead.key <= row.key:
+            row, ahead = _fold(row, ahead, rws)
+        while obj is not None or row is not None:
+            if row is None or (obj is not None and obj.key < row.key):
+                assert obj is not None
+                yield _diff((_ONLY_IN_S3, obj.key, obj, None))
+                advance_obj, advance_row = True, False
+            elif obj is None or row.key < obj.key:
+                if not row.queued:  # a queued deletion whose object is gone: nothing to report
+                    yield _diff((_ONLY_IN_DB, row.key, None, row))
+                advance_obj, advance_row = False, True
             else:
-                kind = _CHANGED
-            yield _diff((kind, obj.key, obj, row))
-            advance_obj = advance_row = True
-        if advance_obj:
-            following = next(objs, None)
-            if following is not None and following.key <= obj.key:  # type: ignore[union-attr]
-                raise ValueError(f"S3 listing out of order at {following.key!r}")
-            obj = following
-        if advance_row:
-            row, ahead = ahead, (next(rws, None) if ahead is not None else None)
-            if ahead is not None and row is not None and ahead.key <= row.key:
-                row, ahead = _fold(row, ahead, rws)
+                if row.queued:
+                    kind = _PENDING
+                elif row.size == obj.size and row.etag == obj.etag:
+                    kind = _SAME
+                else:
+                    kind = _CHANGED
+                yield _diff((kind, obj.key, obj, row))
+                advance_obj = advance_row = True
+            if advance_obj:
+                following = next(objs, None)
+                if following is not None and following.key <= obj.key:  # type: ignore[union-attr]
+                    raise ValueError(f"S3 listing out of order at {following.key!r}")
+                obj = following
+            if advance_row:
+                row, ahead = ahead, (next(rws, None) if ahead is not None else None)
+                if ahead is not None and row is not None and ahead.key <= row.key:
+                    row, ahead = _fold(row, ahead, rws)
+    finally:
+        # However the merge ends (exhausted, stopped early, out of order, a
+        # failed listing page), close the row stream: an open one holds its
+        # connection (see stream_rows).
+        close = getattr(rws, "close", None)
+        if close is not None:
+            close()
 
 
 def _fold(row: RowInfo, ahead: RowInfo, rws: Iterator[RowInfo]) -> tuple[RowInfo, RowInfo | None]:
@@ -148,38 +155,33 @@ def stream_rows(
     bucket: str,
     key_range: KeyRange,
     *,
-    itersize: int = 5000,
+    itersize: int = 500,
     compare_only: bool = False,
 ) -> Iterator[RowInfo]:
     """Rows and queued deletions of ``bucket`` in ``key_range``, in key order.
 
-    A server-side cursor: rows arrive ``itersize`` at a time, in binary (no
-    text parsing) and straight into ``RowInfo``. Must run inside a
-    transaction (the cursor lives as long as it). ``compare_only``: rows
-    carry only key, size and ETag (``asset_id`` and ``updated_at`` are None),
-    all that sync needs, and cheaper to read.
+    One query, streamed: PostgreSQL sends rows while Python merges the ones
+    already received (psycopg's ``Cursor.stream``, in chunks of
+    ``itersize`` rows), in binary (no text parsing) and straight into
+    ``RowInfo``; memory holds a chunk, whatever the range. (A server-side
+    cursor's FETCH leaves one side idle while the other works: measured
+    7-11 % slower over 1M rows on 2 cores.) Run it inside a transaction.
+    ``compare_only``: rows carry only key, size and ETag (``asset_id`` and
+    ``updated_at`` are None), all that sync needs, and cheaper to read.
+
+    The query holds the connection until the stream is exhausted or closed:
+    close it (``merge`` does, however it ends) before using ``conn`` again.
+    Closing it early cancels the query, which aborts the transaction.
     """
-    # Each page is a list handed out by itertools.chain in C: iterating the
-    # cursor itself runs a Python method per row.
-    return itertools.chain.from_iterable(_row_pages(conn, bucket, key_range, itersize, compare_only))
-
-
-def _row_pages(
-    conn: psycopg.Connection[Any], bucket: str, key_range: KeyRange, itersize: int, compare_only: bool
-) -> Iterator[list[RowInfo]]:
     params = {"bucket": bucket, "start_at": key_range.start_at, "stop_before": key_range.stop_before}
-    cursor = conn.cursor(name=f"trr_rows_{uuid.uuid4().hex[:12]}", binary=True, row_factory=_row_info_maker)
+    cursor = conn.cursor(binary=True, row_factory=_row_info_maker)
+    # Chunked rows need libpq 17 (bundled with psycopg-binary); row by row otherwise.
+    size = itersize if psycopg.capabilities.has_stream_chunked() else 1
     with db.wrap_errors(f"read rows of bucket {bucket}"):
-        if not compare_only:  # before the cursor exists: its loaders take the zone then
+        if not compare_only:
             conn.execute(db.query("stream_rows_in_utc"))
-        cursor.execute(db.query("stream_row_keys_in_range" if compare_only else "stream_rows_in_range"), params)
-        while True:
-            page = cursor.fetchmany(itersize)
-            if page:
-                yield page
-            if len(page) < itersize:
-                break
-    cursor.close()
+        query = db.query("stream_row_keys_in_range" if compare_only else "stream_rows_in_range")
+        yield from cursor.stream(query, params, binary=True, size=size)
 
 
 def prefix_range(prefix: str) -> KeyRange:
