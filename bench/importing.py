@@ -8,7 +8,7 @@ path, ``sync.upsert_objects``, with the HEAD answers handed over inline (its
 statement, one commit per batch. ``sync.run`` over the same data, with its
 merge, shards and HEAD thread pool, is measured alongside and reported in
 the notes. The re-sync's figure is ``sync.run`` itself: a no-op pass is the
-merge against the rows (server-side cursors), with nothing to write. The
+merge against the rows (streamed queries), with nothing to write. The
 database is real and fresh for every repetition (a clone of a template
 holding the shows, or the shows and the imported rows).
 """

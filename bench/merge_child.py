@@ -8,7 +8,7 @@ per measurement, so one size's memory never inflates another's figure (see
 ``peak_rss_mb`` for why the peak is read from ``/proc/self/status``).
 
 - ``merge``: ``diff.merge`` of the listing (generated lazily, in S3's order)
-  with ``diff.stream_rows`` (a server-side cursor), one key at a time.
+  with ``diff.stream_rows`` (a streamed query), one key at a time.
 - ``naive``: the same query fetched whole into a dict, the listing into
   another, then set differences and a comparison of the common keys.
 """
@@ -48,7 +48,7 @@ def peak_rss_mb() -> float:
 
 
 def merge(conn: psycopg.Connection[Any], bucket: str, listing: Any) -> Counter[str]:
-    with conn.transaction():  # the rows' cursor lives in it
+    with conn.transaction():  # the rows' stream runs in it
         rows = diff.stream_rows(conn, bucket, diff.prefix_range(data.PREFIX))
         # Counted in C, so the figure is the merge's, not this loop's.
         kinds = Counter(map(attrgetter("kind"), diff.merge(listing, rows)))

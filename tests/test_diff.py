@@ -199,3 +199,39 @@ def test_compare_only_stream_carries_what_sync_compares(conn):
     assert [(r.key, r.queued) for r in light] == [("shows/a", False), ("shows/b", True)]
     assert light[0].asset_id is None and light[0].updated_at is None
     assert full[0].asset_id is not None and full[0].updated_at is not None
+
+
+def test_merge_closes_the_row_stream_however_it_ends():
+    """An open row stream holds its connection: merge closes it on an error and when stopped early."""
+    closed: list[str] = []
+
+    def rows(name: str):
+        try:
+            yield RowInfo("a", "id", 1, "e", NOW)
+            yield RowInfo("b", "id", 1, "e", NOW)
+        finally:
+            closed.append(name)
+
+    out_of_order = [ObjectInfo("a", 1, "e", NOW), ObjectInfo("0", 1, "e", NOW)]
+    with pytest.raises(ValueError, match="out of order"):
+        list(diff.merge(out_of_order, rows("failed")))
+    stopped = diff.merge([ObjectInfo("a", 1, "e", NOW)], rows("stopped"))
+    next(stopped)
+    stopped.close()
+    assert closed == ["failed", "stopped"]
+
+
+def test_row_stream_stopped_part_way_frees_its_connection(conn):
+    """A merge stopped part way cancels the streamed query: the transaction ends cleanly, the connection works."""
+    show = make_show(conn)
+    conn.execute(
+        "insert into core.show_assets (show_id, bucket, object_key, size_bytes, checksum) "
+        "select %s, %s, 'shows/' || lpad(i::text, 5, '0'), 1, 'e' from generate_series(1, 3000) i",
+        (show, TEST_BUCKET),
+    )
+    listing = [ObjectInfo(f"shows/{i:05d}", 1, "e", NOW) for i in range(1, 3001)]
+    with conn.transaction():
+        merged = diff.merge(listing, diff.stream_rows(conn, TEST_BUCKET, diff.prefix_range("shows/"), itersize=10))
+        assert next(merged).kind is Kind.SAME
+        merged.close()
+    assert conn.execute("select count(*) from core.show_assets").fetchone() == (3000,)

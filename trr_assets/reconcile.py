@@ -2,7 +2,7 @@
 
 Every key of the configured buckets under the prefix is classified with the
 diff engine (``diff``), one (bucket, shard) unit per thread, each merging a
-listing with a server-side cursor over the rows, so memory stays flat:
+listing with a streamed query over the rows, so memory stays flat:
 
 - ``orphaned_object``: an object with no row, older than the grace period;
 - ``orphaned_row``: a row with no object, not updated within the grace period;

@@ -2,7 +2,7 @@
 
 Each bucket's prefix is split into key ranges (``keys.shard_ranges``); each
 (bucket, range) unit runs in a thread with two pooled connections: a reader
-whose transaction holds the diff engine's server-side cursor over the rows,
+whose transaction holds the diff engine's streamed query over the rows,
 and a writer that commits one batch at a time, so a failure mid-run keeps
 every batch already written and the next run picks up the rest. Memory holds
 one batch per unit, whatever the size of the bucket.
@@ -492,7 +492,7 @@ def run(
         log.warning("sync_no_buckets", hint="set s3.buckets or pass --bucket")
     tallies = {name: _BucketTally(name) for name in names}
     units = [(tallies[name], shard) for name in names for shard in keys.shard_ranges(prefix, s3.list_shards)]
-    # Two connections per running unit: the reader's cursor and the writer.
+    # Two connections per running unit: the reader's row stream and the writer.
     pool = db.make_pool(settings.database, name="trr-assets sync", min_size=0, max_size=2 * s3.list_concurrency)
     with _open(pool), ThreadPoolExecutor(s3.head_concurrency, thread_name_prefix="trr-head") as heads:
         # A shard found to hold more than its share is split while the
@@ -558,7 +558,7 @@ def _sync_range(ctx: _Context, tally: _BucketTally, shard: keys.KeyRange) -> Non
             reader = stack.enter_context(ctx.pool.connection())
             writer = stack.enter_context(ctx.pool.connection())
             writer.autocommit = True  # each batch commits on its own
-        with db.wrap_errors(f"sync bucket {bucket}"), reader.transaction():  # holds the rows' cursor
+        with db.wrap_errors(f"sync bucket {bucket}"), reader.transaction():  # holds the rows' stream
             _merge_and_write(ctx, tally, bucket, shard, reader, writer)
 
 
