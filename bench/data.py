@@ -19,7 +19,7 @@ import uuid
 from collections.abc import Iterator
 from datetime import datetime, timezone
 
-from trr_assets.storage import ObjectInfo
+from trr_assets.storage import ObjectInfo, object_info
 
 BUCKET = "trr-bench-assets"
 PREFIX = "shows/"
@@ -63,7 +63,7 @@ def objects(shows: list[uuid.UUID], per_show: int, *, drift: bool = False) -> It
     for show in shows:
         prefix = f"{PREFIX}{show}"
         for tail, size, etag in tails:
-            yield ObjectInfo(prefix + tail, size, etag, LAST_MODIFIED)
+            yield object_info((prefix + tail, size, etag, LAST_MODIFIED))
 
 
 def expected_drift(shows: int, per_show: int) -> dict[str, int]:

@@ -35,6 +35,11 @@ class Kind(enum.Enum):
     CHANGED = "changed"
     PENDING_DELETE = "pending_delete"
 
+    # Members are singletons compared by identity, so identity's hash (in C)
+    # serves; Enum's own __hash__ is a Python call, and reports count kinds
+    # once per key.
+    __hash__ = object.__hash__
+
 
 # RowInfo and Diff are immutable NamedTuples rather than frozen dataclasses:
 # one of each per key, a million keys a run, and a NamedTuple is built about
@@ -132,13 +137,14 @@ def merge(objects: Iterable[ObjectInfo], rows: Iterable[RowInfo]) -> Iterator[Di
 
 def _fold(row: RowInfo, ahead: RowInfo, rws: Iterator[RowInfo]) -> tuple[RowInfo, RowInfo | None]:
     """``ahead`` does not sort after ``row``: fold a same-key pair, or fail on disorder."""
-    while ahead is not None and ahead.key <= row.key:
-        if ahead.key < row.key:
-            raise ValueError(f"row cursor out of order at {ahead.key!r}")
+    following: RowInfo | None = ahead
+    while following is not None and following.key <= row.key:
+        if following.key < row.key:
+            raise ValueError(f"row cursor out of order at {following.key!r}")
         if row.queued:  # keep the row, not its key's queue entry
-            row = ahead
-        ahead = next(rws, None)
-    return row, ahead
+            row = following
+        following = next(rws, None)
+    return row, following
 
 
 # The query's columns are RowInfo's fields in order, so a row becomes a

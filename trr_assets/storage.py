@@ -50,6 +50,13 @@ class ObjectInfo(NamedTuple):
     last_modified: datetime
 
 
+# An ObjectInfo built by tuple.__new__ in C (NamedTuple's own __new__ is a
+# Python function): one per listed key.
+object_info: Callable[[tuple[str, int, str, datetime]], ObjectInfo] = functools.partial(
+    tuple.__new__, ObjectInfo  # type: ignore[arg-type]
+)
+
+
 def make_client(settings: S3Settings, *, max_pool_connections: int | None = None) -> Any:
     """A botocore S3 client configured from ``settings`` (SigV4, always).
 
@@ -392,7 +399,7 @@ def _pages(
                 if objects:
                     yield objects
                 return
-            objects.append(ObjectInfo(key, int(item["Size"]), strip_etag(item.get("ETag")), item["LastModified"]))
+            objects.append(object_info((key, int(item["Size"]), strip_etag(item.get("ETag")), item["LastModified"])))
         if objects:
             yield objects
         if not page.get("IsTruncated"):
