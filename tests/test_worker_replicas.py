@@ -65,9 +65,9 @@ def _object_keys(s3: Any, bucket: str) -> set[str]:
     return {o["Key"] for o in s3.list_objects_v2(Bucket=bucket).get("Contents", [])}
 
 
-def _reconcile_runs(conn: psycopg.Connection[Any]) -> list[tuple[datetime, datetime | None, str]]:
+def _reconcile_runs(conn: psycopg.Connection[Any]) -> list[tuple[datetime, datetime | None, str, str | None]]:
     return conn.execute(
-        "select started_at, finished_at, outcome from trr_assets.reconcile_runs"
+        "select started_at, finished_at, outcome, error from trr_assets.reconcile_runs"
         " where run_by like 'worker@%%' order by started_at"
     ).fetchall()
 
@@ -128,12 +128,18 @@ def test_two_workers_run_each_job_once_per_tick_and_drain_deletes_together(db_ur
     runs = _reconcile_runs(conn)
     reconciles = [e for e in events if e["event"] in ("job_finished", "job_failed") and e["job"] == "reconcile"]
     assert len(runs) == len(reconciles)
-    assert all(outcome in ("clean", "drift") for _, _, outcome in runs)
-    ticks = [int(started.timestamp()) // RECONCILE_EVERY for started, _, _ in runs]
+    # The shutdown may land in the last run (a tick every 3 s): that run is
+    # then recorded as failed, stopped, never as clean. Every other run is whole.
+    *whole, last = runs
+    assert all(outcome in ("clean", "drift") for _, _, outcome, _ in whole), runs
+    stopped = last[2] == "failed" and "stopped before the end" in (last[3] or "")
+    assert last[2] in ("clean", "drift") or stopped, runs
+    ticks = [int(started.timestamp()) // RECONCILE_EVERY for started, *_ in runs]
     assert len(ticks) == len(set(ticks)), f"a tick ran reconcile twice: {runs}"
-    for (_, finished, _), (started, _, _) in zip(runs, runs[1:]):
+    for (_, finished, *_), (started, *_) in zip(runs, runs[1:]):
         assert finished is not None and started >= finished
-    assert not [e for e in events if e["event"] == "job_failed"]
+    failed = [e for e in events if e["event"] == "job_failed"]
+    assert failed == ([e for e in failed if e["job"] == "reconcile"][-1:] if stopped else []), failed
     assert all(w.events("heartbeat") for w in workers)
 
 
