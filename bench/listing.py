@@ -4,9 +4,10 @@ The sharded lister is what sync and reconcile run: ``storage.list_objects``
 over each of ``keys.shard_ranges(prefix, 16)``, the 16 shards at once (16
 threads, and up to 16 more for the parts of shards it splits, as sync does
 with ``list_concurrency = 16``). The baseline is botocore's
-``list_objects_v2`` paginator over the whole prefix, from the same client. Both talk to moto through ``bench.moto_server``'s slow front,
-where every ListObjectsV2 page arrives 200 ms late; see there why moto's
-own per-page work is taken out of the measured runs.
+``list_objects_v2`` paginator over the whole prefix, from the same client.
+Both talk to moto through ``bench.moto_server``'s slow front, where every
+ListObjectsV2 page arrives 200 ms late; see there why moto's own per-page
+work is taken out of the measured runs.
 """
 
 from __future__ import annotations

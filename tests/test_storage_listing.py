@@ -122,10 +122,9 @@ AWKWARD_KEYS = ["shows/a b", "shows/ü/ñ+%~//x", "shows/k&<>\"'", "shows/" + "z
                 "shows/new\nline", "shows/cr\rkey", "shows/emoji-\U0001f600", "other/x", "shows/%2F"]
 
 
-def _plain_and_fast(db_url: str) -> tuple[Any, Any]:
-    client = storage.make_client(make_settings(db_url).s3)
-    plain = boto3.client("s3", region_name="us-east-1")
-    return plain, client
+def _plain_and_fast() -> tuple[Any, Any]:
+    """A plain boto3 client, and one from ``make_client`` (the database is not used)."""
+    return boto3.client("s3", region_name="us-east-1"), storage.make_client(make_settings("postgresql://unused").s3)
 
 
 def _without_metadata(page: dict[str, Any]) -> dict[str, Any]:
@@ -136,9 +135,9 @@ def test_a_client_from_make_client_lists_exactly_what_botocore_lists(s3: Any) ->
     every = AWKWARD_KEYS + [f"shows/{i:04d}" for i in range(1005)]  # more than one 1,000-key page
     for key in every:
         s3.put_object(Bucket=TEST_BUCKET, Key=key, Body=b"x")
-    plain, fast = _plain_and_fast("postgresql://unused")
-    for params in ({}, {"Prefix": "shows/", "StartAfter": "shows/0990", "MaxKeys": 7}, {"Delimiter": "/"}, {"FetchOwner": True},
-                   {"StartAfter": "shows/0500"}):
+    plain, fast = _plain_and_fast()
+    for params in ({}, {"Prefix": "shows/", "StartAfter": "shows/0990", "MaxKeys": 7}, {"Delimiter": "/"},
+                   {"FetchOwner": True}, {"StartAfter": "shows/0500"}):
         want = [_without_metadata(p) for p in plain.get_paginator("list_objects_v2").paginate(
             Bucket=TEST_BUCKET, **params)]
         got = [_without_metadata(p) for p in fast.get_paginator("list_objects_v2").paginate(
@@ -151,7 +150,7 @@ def test_a_client_from_make_client_lists_exactly_what_botocore_lists(s3: Any) ->
 def test_the_fast_parser_does_the_parsing_on_make_clients_clients(s3: Any, monkeypatch: pytest.MonkeyPatch) -> None:
     """The saving is real: botocore's parser sees an empty page, not the listing."""
     s3.put_object(Bucket=TEST_BUCKET, Key="shows/a", Body=b"x")
-    _, fast = _plain_and_fast("postgresql://unused")
+    _, fast = _plain_and_fast()
     seen: list[bytes] = []
 
     def spy(response_dict: dict[str, Any], **_: Any) -> None:
@@ -169,7 +168,7 @@ def test_the_fast_parser_does_the_parsing_on_make_clients_clients(s3: Any, monke
 def test_a_200_answer_that_is_an_error_or_cut_short_is_still_retried(s3: Any, first_answer: bytes) -> None:
     """botocore's check for errors hidden in a 200 answer still runs, after the fast parser."""
     s3.put_object(Bucket=TEST_BUCKET, Key="shows/a", Body=b"x")
-    _, fast = _plain_and_fast("postgresql://unused")
+    _, fast = _plain_and_fast()
     answers: list[int] = []
 
     def first_try_broken(request: Any, **_: Any) -> AWSResponse | None:

@@ -3,7 +3,8 @@
 S3 lists keys in byte order, and ``core.show_assets.object_key`` is collated
 "C", so the listing and a streamed query over the rows are two sorted
 streams that merge-join in one pass, holding one object and one chunk of
-rows at a time: memory does not grow with the bucket. Each key comes out as one ``Diff``:
+rows at a time: memory does not grow with the bucket. Each key comes out as
+one ``Diff``:
 
 - ``ONLY_IN_S3``: an object with no row (sync inserts it; reconcile: orphaned object)
 - ``ONLY_IN_DB``: a row with no object (reconcile: orphaned row)

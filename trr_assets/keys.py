@@ -104,10 +104,9 @@ def _hex_fraction(key: str, prefix: str) -> float | None:
     hex digits after the prefix; None when the first is not one."""
     value = digits = 0
     for char in key[len(prefix):len(prefix) + _HEX_DIGITS]:
-        digit = int(char, 16) if char in string.hexdigits else -1
-        if digit < 0:
+        if char not in string.hexdigits:
             break
-        value, digits = value * 16 + digit, digits + 1
+        value, digits = value * 16 + int(char, 16), digits + 1
     return value / 16**digits if digits else None
 
 

@@ -224,7 +224,9 @@ class _ListingParser:
     def __call__(self, operation_model: Any, response_dict: dict[str, Any],
                  customized_response_dict: dict[str, Any], **_: Any) -> None:
         body = response_dict.get("body")
-        if operation_model.name != "ListObjectsV2" or response_dict.get("status_code") != 200 or not isinstance(body, bytes) or not body:
+        if operation_model.name != "ListObjectsV2" or response_dict.get("status_code") != 200:
+            return
+        if not isinstance(body, bytes) or not body:
             return
         parsed = self.parse(body)
         if parsed is not None:
@@ -445,7 +447,7 @@ def _split_listing(
     from ``token`` here; the others are fetched at once, ahead, a thread (and
     a slot, taken by ``_split``) each, and yielded in order after it."""
     ahead = [
-        _Ahead(functools.partial(_pages, client, bucket, prefix, start, stop, page_size, splits), splits)
+        _Ahead(functools.partial(_pages, client, bucket, prefix, start, stop, page_size, splits), splits).start()
         for start, stop in zip(bounds, [*bounds[1:], stop_before], strict=True)
     ]
     try:
@@ -471,7 +473,11 @@ class _Ahead:
         self._queue: queue.Queue[tuple[str, Any]] = queue.Queue(maxsize=self._AHEAD)
         self._closed = threading.Event()
         self._splits = splits
-        threading.Thread(target=self._fetch, args=(pages,), name="trr-list-ahead", daemon=True).start()
+        self._thread = threading.Thread(target=self._fetch, args=(pages,), name="trr-list-ahead", daemon=True)
+
+    def start(self) -> _Ahead:
+        self._thread.start()
+        return self
 
     def _fetch(self, pages: Callable[[], Generator[list[ObjectInfo], None, None]]) -> None:
         try:
