@@ -8,7 +8,8 @@ per measurement, so one size's memory never inflates another's figure (see
 ``peak_rss_mb`` for why the peak is read from ``/proc/self/status``).
 
 - ``merge``: ``diff.merge`` of the listing (generated lazily, in S3's order)
-  with ``diff.stream_rows`` (a streamed query), one key at a time.
+  with ``diff.stream_rows`` (a streamed query), as reconcile consumes it:
+  keys in sync counted, a ``Diff`` for every other key.
 - ``naive``: the same query fetched whole into a dict, the listing into
   another, then set differences and a comparison of the common keys.
 """
@@ -50,9 +51,13 @@ def peak_rss_mb() -> float:
 def merge(conn: psycopg.Connection[Any], bucket: str, listing: Any) -> Counter[str]:
     with conn.transaction():  # the rows' stream runs in it
         rows = diff.stream_rows(conn, bucket, diff.prefix_range(data.PREFIX))
-        # Counted in C, so the figure is the merge's, not this loop's.
-        kinds = Counter(map(attrgetter("kind"), diff.merge(listing, rows)))
-    return Counter({kind.value: count for kind, count in kinds.items()})
+        same = 0
+        kinds: Counter[diff.Kind] = Counter()
+        # As reconcile consumes it: equal keys counted, every other key one Diff.
+        for batch in diff.merge(listing, rows):
+            same += batch.same
+            kinds.update(map(attrgetter("kind"), batch.diffs))
+    return Counter({"same": same, **{kind.value: count for kind, count in kinds.items()}})
 
 
 def naive(conn: psycopg.Connection[Any], bucket: str, listing: Any) -> Counter[str]:

@@ -13,6 +13,7 @@ import bisect
 from collections.abc import Sequence
 from typing import Any
 
+from trr_assets.keys import prefix_end
 from trr_assets.storage import ObjectInfo
 
 
@@ -58,12 +59,12 @@ class PrefetchedS3:
         start = bisect.bisect_left(self._keys, Prefix)
         if after is not None:
             start = max(start, bisect.bisect_right(self._keys, after))
-        page = []
-        index = start
-        while index < len(self._keys) and len(page) < MaxKeys and self._keys[index].startswith(Prefix):
-            page.append(self._items[index])
-            index += 1
-        more = index < len(self._keys) and self._keys[index].startswith(Prefix)
+        # The keys under Prefix are one sorted run: found by bisection, not
+        # a Python step per key, so serving a page costs next to nothing.
+        stop = prefix_end(Prefix)
+        end = len(self._keys) if stop is None else bisect.bisect_left(self._keys, stop)
+        page = self._items[start : min(end, start + MaxKeys)]
+        more = start + len(page) < end
         answer: dict[str, Any] = {"Contents": page, "IsTruncated": more, "KeyCount": len(page)}
         if more:
             answer["NextContinuationToken"] = page[-1]["Key"]

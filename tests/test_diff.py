@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import re
 import uuid
+from collections.abc import Iterable
 from datetime import datetime, timezone
+from typing import Any, NamedTuple
 
 import pytest
 from hypothesis import given, settings
@@ -39,35 +41,101 @@ def test_parse_show_id_normalises_case_and_names_the_reason():
     assert keys.parse_show_id(f"shows/{show}/a\x00b", pattern) is keys.SkipReason.INVALID_KEY
 
 
-def _model(objects: dict[str, tuple[int, str]], rows: dict[str, tuple[int, str] | None]) -> dict[str, Kind]:
+SAME = "same"  # what the oracle calls a key in both, equal; merge only counts those
+
+
+def _model(objects: dict[str, tuple[int, str]], rows: dict[str, Any]) -> dict[str, Kind | str]:
     """The classification by definition, with sets: the oracle for merge()."""
-    expected = {}
+    expected: dict[str, Kind | str] = {}
     for key in objects.keys() | rows.keys():
+        row = rows.get(key)
+        if isinstance(row, Both):  # a row and its key's queue entry count as the row
+            row = row.meta
         if key not in rows:
             expected[key] = Kind.ONLY_IN_S3
-        elif rows[key] is None:  # a queued deletion, no row
+        elif row is None:  # a queued deletion, no row
             if key in objects:
                 expected[key] = Kind.PENDING_DELETE
         elif key not in objects:
             expected[key] = Kind.ONLY_IN_DB
         else:
-            expected[key] = Kind.SAME if objects[key] == rows[key] else Kind.CHANGED
+            expected[key] = SAME if objects[key] == row else Kind.CHANGED
     return expected
 
 
+class Both(NamedTuple):
+    """A key with a row and a queue entry, the queue entry first or last in the stream."""
+
+    meta: tuple[int, str]
+    queue_first: bool
+
+
+def _queue_entry(key: str) -> RowInfo:
+    return RowInfo(key, None, None, None, NOW, True, "pending")
+
+
+def _row(key: str, meta: tuple[int, str]) -> RowInfo:
+    return RowInfo(key, str(uuid.uuid4()), meta[0], meta[1], NOW)
+
+
+def _row_stream(rows: dict[str, Any]) -> list[RowInfo]:
+    stream: list[RowInfo] = []
+    for key, value in sorted(rows.items()):
+        if value is None:
+            stream.append(_queue_entry(key))
+        elif isinstance(value, Both):
+            pair = [_queue_entry(key), _row(key, value.meta)]
+            stream += pair if value.queue_first else pair[::-1]
+        else:
+            stream.append(_row(key, value))
+    return stream
+
+
+def _outcome(batches: Iterable[diff.Batch]) -> tuple[int, dict[str, Kind]]:
+    """(keys counted equal, the kind of every other key), checking each key comes once and in order."""
+    same, kinds, order = 0, {}, []
+    for batch in batches:
+        same += batch.same
+        for d in batch.diffs:
+            assert d.key not in kinds, f"{d.key!r} reported twice"
+            kinds[d.key] = d.kind
+            order.append(d.key)
+    assert order == sorted(order)
+    return same, kinds
+
+
 meta = st.tuples(st.integers(0, 3), st.sampled_from(["e1", "e2"]))
+row_value = st.none() | meta | st.builds(Both, meta, st.booleans())
 
 
-@settings(max_examples=300)
-@given(st.dictionaries(key_text, meta, max_size=30), st.dictionaries(key_text, st.none() | meta, max_size=30))
-def test_merge_agrees_with_set_difference(objects, rows):
+@settings(max_examples=400)
+@given(
+    st.dictionaries(key_text, meta, max_size=40),
+    st.dictionaries(key_text, row_value, max_size=40),
+    st.sampled_from([1, 2, 3, 5, 8, diff.CHUNK_SIZE]),
+)
+def test_merge_agrees_with_set_difference(objects, rows, chunk_size):
+    """Every key classified as the set definition says, whatever the chunk size (boundaries included)."""
     obj_stream = [ObjectInfo(k, s, e, NOW) for k, (s, e) in sorted(objects.items())]
-    row_stream = [
-        RowInfo(k, None, None, None, NOW, True, "pending") if v is None else RowInfo(k, str(uuid.uuid4()), v[0], v[1], NOW)
-        for k, v in sorted(rows.items())
-    ]
-    got = {d.key: d.kind for d in diff.merge(obj_stream, row_stream)}
-    assert got == _model(objects, rows)
+    expected = _model(objects, rows)
+    same, kinds = _outcome(diff.merge(obj_stream, _row_stream(rows), chunk_size=chunk_size))
+    assert same == sum(1 for kind in expected.values() if kind == SAME)
+    assert kinds == {k: kind for k, kind in expected.items() if kind != SAME}
+
+
+def test_merge_counts_long_equal_runs_between_differences():
+    """Runs of equal keys longer than a chunk, broken by each kind of difference, are counted exactly."""
+    objects = {f"k{i:05d}": (1, "e") for i in range(5000) if i % 700 != 3}
+    rows: dict[str, Any] = {f"k{i:05d}": (1, "e") for i in range(5000) if i % 900 != 5}
+    rows.update({f"k{i:05d}": (2, "e") for i in range(0, 5000, 1100)})
+    rows.update({f"k{i:05d}": None for i in range(7, 5000, 1300)})
+    rows.update({f"k{i:05d}": Both((1, "e"), i % 2 == 0) for i in range(11, 5000, 400)})
+    expected = _model(objects, rows)
+    for chunk_size in (7, 64, diff.CHUNK_SIZE):
+        same, kinds = _outcome(diff.merge([ObjectInfo(k, s, e, NOW) for k, (s, e) in sorted(objects.items())],
+                                          _row_stream(rows), chunk_size=chunk_size))
+        assert same == sum(1 for kind in expected.values() if kind == SAME)
+        assert kinds == {k: kind for k, kind in expected.items() if kind != SAME}
 
 
 def test_merge_rejects_an_unsorted_stream():
@@ -76,10 +144,23 @@ def test_merge_rejects_an_unsorted_stream():
         list(diff.merge(objs, []))
 
 
-def test_row_and_queue_entry_for_one_key_count_as_the_row():
-    rows = [RowInfo("k", None, None, None, NOW, True, "pending"), RowInfo("k", str(uuid.uuid4()), 1, "e", NOW)]
-    [d] = diff.merge([ObjectInfo("k", 1, "e", NOW)], rows)
-    assert d.kind is Kind.SAME
+@pytest.mark.parametrize("chunk_size", [1, 2, diff.CHUNK_SIZE])
+def test_merge_rejects_disorder_across_chunks(chunk_size):
+    """Disorder is found where one chunk meets the next, in either stream."""
+    objs = [ObjectInfo(k, 1, "e", NOW) for k in ("a", "b", "c", "b2")]
+    with pytest.raises(ValueError, match="S3 listing out of order at 'b2'"):
+        list(diff.merge(objs, [], chunk_size=chunk_size))
+    rows = [_row(k, (1, "e")) for k in ("a", "b", "c", "b2")]
+    with pytest.raises(ValueError, match="row cursor out of order at 'b2'"):
+        list(diff.merge([], rows, chunk_size=chunk_size))
+
+
+@pytest.mark.parametrize("chunk_size", [1, 2, diff.CHUNK_SIZE])
+@pytest.mark.parametrize("queue_first", [True, False])
+def test_row_and_queue_entry_for_one_key_count_as_the_row(chunk_size, queue_first):
+    pair = [_queue_entry("k"), _row("k", (1, "e"))]
+    rows = pair if queue_first else pair[::-1]
+    assert _outcome(diff.merge([ObjectInfo("k", 1, "e", NOW)], rows, chunk_size=chunk_size)) == (1, {})
 
 
 ODD_KEYS = ["a b.png", "ünï/cødé.jpg", "plus+sign", "100%.gif", "tilde~x", "double//slash", "Z", "_", "é"]
@@ -102,8 +183,8 @@ def test_listing_and_row_cursor_agree_on_byte_order(conn, s3):
         with conn.transaction():
             for rng in keys.shard_ranges("shows/", shards):
                 found += list(diff.diff_range(client, conn, TEST_BUCKET, "shows/", rng))
-        assert sorted(d.key for d in found) == sorted(names)
-        assert {d.kind for d in found} == {Kind.SAME}
+        assert [d for batch in found for d in batch.diffs] == []  # no key differs, is missing or extra
+        assert sum(batch.same for batch in found) == len(names)
 
 
 def test_list_objects_paginates_and_honours_the_range(s3):
@@ -207,16 +288,19 @@ def test_merge_closes_the_row_stream_however_it_ends():
 
     def rows(name: str):
         try:
-            yield RowInfo("a", "id", 1, "e", NOW)
-            yield RowInfo("b", "id", 1, "e", NOW)
+            for i in range(100):
+                yield _row(f"k{i:03d}", (1, "e"))
         finally:
             closed.append(name)
 
-    out_of_order = [ObjectInfo("a", 1, "e", NOW), ObjectInfo("0", 1, "e", NOW)]
+    # Out of order in the second chunk: the row stream has been started by then.
+    out_of_order = [ObjectInfo(f"k{i:03d}", 1, "e", NOW) for i in [*range(15), 5]]
     with pytest.raises(ValueError, match="out of order"):
-        list(diff.merge(out_of_order, rows("failed")))
-    stopped = diff.merge([ObjectInfo("a", 1, "e", NOW)], rows("stopped"))
-    next(stopped)
+        list(diff.merge(out_of_order, rows("failed"), chunk_size=10))
+    listing = [ObjectInfo(f"k{i:03d}", 1, "e", NOW) for i in range(100)]
+    stopped = diff.merge(listing, rows("stopped"), chunk_size=10)
+    assert next(stopped).same == 10
+    assert closed == ["failed"]  # the stream is still open part way
     stopped.close()
     assert closed == ["failed", "stopped"]
 
@@ -231,7 +315,8 @@ def test_row_stream_stopped_part_way_frees_its_connection(conn):
     )
     listing = [ObjectInfo(f"shows/{i:05d}", 1, "e", NOW) for i in range(1, 3001)]
     with conn.transaction():
-        merged = diff.merge(listing, diff.stream_rows(conn, TEST_BUCKET, diff.prefix_range("shows/"), itersize=10))
-        assert next(merged).kind is Kind.SAME
+        rows = diff.stream_rows(conn, TEST_BUCKET, diff.prefix_range("shows/"), itersize=10)
+        merged = diff.merge(listing, rows, chunk_size=10)
+        assert next(merged) == (10, [])
         merged.close()
     assert conn.execute("select count(*) from core.show_assets").fetchone() == (3000,)

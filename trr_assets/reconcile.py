@@ -54,7 +54,7 @@ from psycopg.types.json import Jsonb
 
 from trr_assets import db, diff, keys, storage, sync
 from trr_assets.config import Settings
-from trr_assets.diff import Diff, Kind
+from trr_assets.diff import Batch, Diff, Kind
 from trr_assets.errors import (
     DriftFound,
     RepairRefused,
@@ -582,26 +582,22 @@ class _Reconciler:
         if state.error is not None or self._stopped(unit.bucket):
             return
         counts: Counter[str] = Counter()
-        seen = in_sync = 0
-        same = Kind.SAME
+        in_sync = 0
         try:
             with db.wrap_errors(f"reconcile bucket {unit.bucket}"), contextlib.ExitStack() as stack:
                 conn = stack.enter_context(self.pool.connection())
                 act_conn = stack.enter_context(self.pool.connection()) if act else None
                 stack.enter_context(conn.transaction())
-                for d in self._diffs(stack, conn, unit):
-                    seen += 1
-                    if seen % 1000 == 0:
-                        if self.progress:
-                            self.progress.advance(1000)
-                        if self._stopped(unit.bucket):
-                            return
-                    if d.kind is same:  # the common case, kept cheap
-                        in_sync += 1
-                        continue
-                    if act and state.error is not None:
-                        return  # another shard of this bucket failed: stop repairing it
-                    self._handle(d, unit.bucket, counts, emit=emit, act_conn=act_conn)
+                for batch in self._diffs(stack, conn, unit):
+                    in_sync += batch.same  # the common case: only counted
+                    for d in batch.diffs:
+                        if act and state.error is not None:
+                            return  # another shard of this bucket failed: stop repairing it
+                        self._handle(d, unit.bucket, counts, emit=emit, act_conn=act_conn)
+                    if self.progress:
+                        self.progress.advance(batch.same + len(batch.diffs))
+                    if self._stopped(unit.bucket):
+                        return
         except (TrrAssetsError, ValueError) as exc:  # ValueError: a stream out of order
             self._fail(unit.bucket, exc)
         finally:
@@ -610,9 +606,9 @@ class _Reconciler:
             with self.lock:
                 (state.counts if emit else state.plan).update(counts)
             if self.progress:
-                self.progress.advance(seen % 1000, units_done=1)
+                self.progress.advance(0, units_done=1)
 
-    def _diffs(self, stack: contextlib.ExitStack, conn: psycopg.Connection[Any], unit: _Unit) -> Iterator[Diff]:
+    def _diffs(self, stack: contextlib.ExitStack, conn: psycopg.Connection[Any], unit: _Unit) -> Iterator[Batch]:
         rows = diff.stream_rows(conn, unit.bucket, unit.key_range)
         if self.inventory_conn is not None:
             stack.enter_context(self.inventory_conn.transaction())

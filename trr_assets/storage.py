@@ -392,16 +392,19 @@ def _pages(
         with wrap_errors("list objects", bucket):
             page = client.list_objects_v2(**params)
         contents = page.get("Contents", ())
-        objects: list[ObjectInfo] = []
-        for item in contents:
-            key = item["Key"]
-            if start_at is not None and key < start_at:
-                continue
-            if stop_before is not None and key >= stop_before:
-                if objects:
-                    yield objects
-                return
-            objects.append(object_info((key, int(item["Size"]), strip_etag(item.get("ETag")), item["LastModified"])))
+        # One comprehension for the page (botocore gives Size as an int);
+        # keys out of the range, at most the ends of a page, are cut after.
+        objects = [
+            object_info((item["Key"], item["Size"], (item.get("ETag") or "").strip('"'), item["LastModified"]))
+            for item in contents
+        ]
+        if start_at is not None and objects and objects[0].key < start_at:
+            objects = [o for o in objects if o.key >= start_at]
+        if stop_before is not None and objects and objects[-1].key >= stop_before:
+            objects = [o for o in objects if o.key < stop_before]
+            if objects:
+                yield objects
+            return
         if objects:
             yield objects
         if not page.get("IsTruncated"):

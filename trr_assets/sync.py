@@ -16,13 +16,14 @@ repair reuses. ``SAME`` keys cost nothing (no HEAD, no write), and
 
 from __future__ import annotations
 
+import functools
 import os
 import re
 import sys
 import threading
 import time
 import uuid
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import Executor, ThreadPoolExecutor
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
@@ -556,8 +557,16 @@ def _sync_range(ctx: _Context, tally: _BucketTally, shard: keys.KeyRange) -> Non
     with ExitStack() as stack:
         with db.wrap_errors(f"connect for bucket {bucket}"):
             reader = stack.enter_context(ctx.pool.connection())
-            writer = stack.enter_context(ctx.pool.connection())
-            writer.autocommit = True  # each batch commits on its own
+
+        @functools.cache
+        def writer() -> psycopg.Connection[Any]:
+            # Taken at the first batch to write: a range with nothing to
+            # change (every range of a no-op pass) needs one connection, not two.
+            with db.wrap_errors(f"connect for bucket {bucket}"):
+                conn = stack.enter_context(ctx.pool.connection())
+            conn.autocommit = True  # each batch commits on its own
+            return conn
+
         with db.wrap_errors(f"sync bucket {bucket}"), reader.transaction():  # holds the rows' stream
             _merge_and_write(ctx, tally, bucket, shard, reader, writer)
 
@@ -568,7 +577,7 @@ def _merge_and_write(
     bucket: str,
     shard: keys.KeyRange,
     reader: psycopg.Connection[Any],
-    writer: psycopg.Connection[Any],
+    writer: Callable[[], psycopg.Connection[Any]],
 ) -> None:
     batch_size = ctx.settings.sync.batch_size
     batch: list[ObjectInfo] = []
@@ -578,22 +587,23 @@ def _merge_and_write(
         nonlocal batch, scanned, same, pending
         counts = UpsertCounts()
         if batch:
-            counts = upsert_objects(writer, ctx.client, bucket, batch, settings=ctx.settings, head_pool=ctx.heads)
+            counts = upsert_objects(writer(), ctx.client, bucket, batch, settings=ctx.settings, head_pool=ctx.heads)
         tally.add(scanned, same, pending, counts)
         ctx.progress.add(scanned, counts.inserted + counts.updated)
         batch, scanned, same, pending = [], 0, 0, 0
 
     # Sync compares size and ETag only: the lighter row stream will do.
-    for item in diff.diff_range(ctx.client, reader, bucket, ctx.prefix, shard, ctx.splits, compare_only=True):
-        if item.obj is None:  # a row with no object: reconcile's business
-            continue
-        scanned += 1
-        if item.kind in (diff.Kind.ONLY_IN_S3, diff.Kind.CHANGED):
-            batch.append(item.obj)
-        elif item.kind is diff.Kind.PENDING_DELETE:
-            pending += 1
-        else:
-            same += 1
+    for found in diff.diff_range(ctx.client, reader, bucket, ctx.prefix, shard, ctx.splits, compare_only=True):
+        same += found.same
+        scanned += found.same
+        for item in found.diffs:
+            if item.obj is None:  # a row with no object: reconcile's business
+                continue
+            scanned += 1
+            if item.kind is diff.Kind.PENDING_DELETE:
+                pending += 1
+            else:  # only in S3, or changed
+                batch.append(item.obj)
         # Also flush the counts now and then when nothing changes, so that
         # progress moves and a stop request is seen during a no-op pass.
         if len(batch) >= batch_size or scanned >= 4 * batch_size:
