@@ -28,6 +28,7 @@ import psycopg
 
 from bench import data
 from trr_assets import db, diff
+from trr_assets.cli import tune_collector
 
 
 def peak_rss_mb() -> float:
@@ -85,6 +86,7 @@ def main() -> None:
     parser.add_argument("--per-show", type=int, required=True)
     parser.add_argument("--mode", choices=("merge", "naive"), required=True)
     args = parser.parse_args()
+    tune_collector()  # as the trr-assets command runs reconcile (either mode)
     shows = data.show_ids(args.show_pool)[: args.shows]
     listing = data.objects(shows, args.per_show, drift=True)
     with psycopg.connect(args.db, autocommit=True) as conn:

@@ -10,6 +10,7 @@ a safety limit. Errors are one line on stderr (a traceback only with
 from __future__ import annotations
 
 import argparse
+import gc
 import json
 import os
 import sys
@@ -203,12 +204,33 @@ def _check_schedule(settings: Settings) -> None:
         raise ConfigError(f"config: reconcile.schedule is not a valid cron expression ({exc})") from exc
 
 
+# Young objects are collected every 50,000 allocations, not CPython's 700.
+COLLECTOR_FIRST_THRESHOLD = 50_000
+
+
+def tune_collector() -> None:
+    """Set this process's cyclic garbage collector for sync and reconcile.
+
+    A pass allocates a few small tuples per key (the listed object, the row,
+    what the merge compares), a million keys a run, nearly all freed at once
+    by reference counting. With CPython's default first threshold the
+    collector runs every 700 allocations and re-walks every chunk still in
+    use: measured, half the CPU of a no-op sync of 200,000 objects. Cycles
+    are still collected, after 50,000 allocations instead of 700. The
+    ``trr-assets`` command sets it for every subcommand (the worker
+    included); a program that calls ``sync.run`` or ``reconcile.run`` itself
+    may call this too.
+    """
+    gc.set_threshold(COLLECTOR_FIRST_THRESHOLD, *gc.get_threshold()[1:])
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``trr-assets`` console script."""
     try:
         args = build_parser().parse_args(argv)
     except SystemExit as exc:
         return int(exc.code or 0)
+    tune_collector()
     debug = bool(args.debug)
     logs.configure(format="auto", level="debug" if debug else "info")
     try:
