@@ -50,11 +50,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     selected = [b for b in BENCHMARKS if not names or b.name in names]
 
     from trr_assets import logs
-    from trr_assets.cli import tune_collector
 
-    # The process as the trr-assets command sets it up, for both sides of
-    # every row: the garbage collector tuned, the jobs' logs configured.
-    tune_collector()
     fake_aws_environment()
     logs.configure(format="json", level="warning")  # the jobs' own logs: warnings and errors only
     started_at = dt.datetime.now(dt.timezone.utc)

@@ -11,6 +11,7 @@ deliverable.
 from __future__ import annotations
 
 import datetime as dt
+import gc
 import importlib.util
 import json
 import os
@@ -19,7 +20,8 @@ import statistics
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
@@ -119,6 +121,10 @@ class Benchmark:
     target: str
     needs: tuple[str, ...]  # modules that must be importable (the job under test)
     run: Callable[[Context], Measured]
+    # Whose process it measures: the trr-assets command's (the garbage
+    # collector tuned by cli.tune_collector), or a web server's that imports
+    # the presigner (CPython's defaults). Both sides of a row run alike.
+    command_process: bool = True
 
     def missing(self) -> list[str]:
         return [module for module in self.needs if importlib.util.find_spec(module) is None]
@@ -165,6 +171,24 @@ class Row:
         return out
 
 
+CPYTHON_COLLECTOR_THRESHOLDS = (700, 10, 10)
+
+
+@contextmanager
+def _collector(*, tuned: bool) -> Iterator[None]:
+    """The garbage collector as the measured process would have it."""
+    from trr_assets.cli import tune_collector
+
+    saved = gc.get_threshold()
+    gc.set_threshold(*CPYTHON_COLLECTOR_THRESHOLDS)
+    if tuned:
+        tune_collector()
+    try:
+        yield
+    finally:
+        gc.set_threshold(*saved)
+
+
 def run_benchmark(benchmark: Benchmark, ctx: Context) -> Row:
     base = {"name": benchmark.name, "baseline_title": benchmark.baseline_title, "target": benchmark.target}
     missing = benchmark.missing()
@@ -175,7 +199,8 @@ def run_benchmark(benchmark: Benchmark, ctx: Context) -> Row:
     ctx.say(f"{benchmark.name}: {benchmark.title}")
     started = time.perf_counter()
     try:
-        measured = benchmark.run(ctx)
+        with _collector(tuned=benchmark.command_process):
+            measured = benchmark.run(ctx)
     except Exception as exc:  # one broken row must not lose the others
         seconds = time.perf_counter() - started
         reason = f"{type(exc).__name__}: {str(exc).strip().splitlines()[0] if str(exc).strip() else ''}"
