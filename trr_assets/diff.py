@@ -184,9 +184,7 @@ def _object_chunks(objects: Iterator[ObjectInfo], size: int) -> Iterator[_Chunk]
         keys = list(map(_key, chunk))
         if last is not None:
             keys.insert(0, last)
-        if not all(map(lt, keys, islice(keys, 1, None))):
-            bad = next(b for a, b in zip(keys, keys[1:]) if not a < b)
-            raise ValueError(f"S3 listing out of order at {bad!r}")
+        _check_order(keys, lt, "S3 listing")
         last = keys[-1]
         yield chunk, list(map(_object_view, chunk))
 
@@ -206,9 +204,7 @@ def _row_chunks(rows: Iterator[RowInfo], size: int) -> Iterator[_Chunk]:
         if not chunk:
             return
         keys = list(map(_key, chunk))
-        if not all(map(le, keys, islice(keys, 1, None))):
-            bad = next(b for a, b in zip(keys, keys[1:]) if not a <= b)
-            raise ValueError(f"row cursor out of order at {bad!r}")
+        _check_order(keys, le, "row cursor")  # a row and its queue entry share a key
         if any(map(eq, keys, islice(keys, 1, None))):
             chunk = _fold(chunk)
         held = [chunk.pop()] if more else []
@@ -216,6 +212,13 @@ def _row_chunks(rows: Iterator[RowInfo], size: int) -> Iterator[_Chunk]:
             yield chunk, list(map(_row_view, chunk))
         if not more:
             return
+
+
+def _check_order(keys: list[str], in_order: Callable[[str, str], bool], stream: str) -> None:
+    """Each key and the next are ``in_order`` (compared in C), else ValueError naming the first misplaced key."""
+    if not all(map(in_order, keys, islice(keys, 1, None))):
+        bad = next(b for a, b in zip(keys, keys[1:]) if not in_order(a, b))
+        raise ValueError(f"{stream} out of order at {bad!r}")
 
 
 def _fold(chunk: list[RowInfo]) -> list[RowInfo]:
@@ -287,9 +290,11 @@ def diff_range(
     splits: storage.ListingSplits | None = None,
     *,
     compare_only: bool = False,
+    page_size: int = 1000,
 ) -> Iterator[Batch]:
     """List ``key_range`` of ``bucket`` and merge it with its rows (see ``stream_rows``)."""
     objects = storage.list_objects(
-        client, bucket, prefix=prefix, start_at=key_range.start_at, stop_before=key_range.stop_before, splits=splits
+        client, bucket, prefix=prefix, start_at=key_range.start_at, stop_before=key_range.stop_before,
+        page_size=page_size, splits=splits,
     )
     return merge(objects, stream_rows(conn, bucket, key_range, compare_only=compare_only))

@@ -609,20 +609,12 @@ class _Reconciler:
                 self.progress.advance(0, units_done=1)
 
     def _diffs(self, stack: contextlib.ExitStack, conn: psycopg.Connection[Any], unit: _Unit) -> Iterator[Batch]:
-        rows = diff.stream_rows(conn, unit.bucket, unit.key_range)
         if self.inventory_conn is not None:
             stack.enter_context(self.inventory_conn.transaction())
+            rows = diff.stream_rows(conn, unit.bucket, unit.key_range)
             return diff.merge(_inventory_objects(self.inventory_conn, unit.key_range), rows)
-        objects = storage.list_objects(
-            self.client,
-            unit.bucket,
-            prefix=self.prefix,
-            start_at=unit.key_range.start_at,
-            stop_before=unit.key_range.stop_before,
-            page_size=LIST_PAGE_SIZE,
-            splits=self.splits,
-        )
-        return diff.merge(objects, rows)
+        return diff.diff_range(self.client, conn, unit.bucket, self.prefix, unit.key_range, self.splits,
+                               page_size=LIST_PAGE_SIZE)
 
     def _handle(
         self,

@@ -395,7 +395,7 @@ def _pages(
         # One comprehension for the page (botocore gives Size as an int);
         # keys out of the range, at most the ends of a page, are cut after.
         objects = [
-            object_info((item["Key"], item["Size"], (item.get("ETag") or "").strip('"'), item["LastModified"]))
+            object_info((item["Key"], item["Size"], strip_etag(item.get("ETag")), item["LastModified"]))
             for item in contents
         ]
         if start_at is not None and objects and objects[0].key < start_at:
