@@ -2,14 +2,20 @@
 
 from __future__ import annotations
 
+import threading
+import time
 import uuid
+from collections.abc import Callable
+from datetime import datetime, timezone
 from typing import Any
 
+import botocore.exceptions
 import psycopg
 
+from tests.conftest import TEST_BUCKET, make_settings
 from trr_assets import sync
 from trr_assets.config import Settings
-from tests.conftest import TEST_BUCKET, make_settings
+from trr_assets.storage import ObjectInfo
 
 
 def put(
@@ -69,3 +75,61 @@ class HeadCounter:
 
 def show_key(show: uuid.UUID, name: str) -> str:
     return f"shows/{show}/{name}"
+
+
+def object_info(s3: Any, key: str) -> ObjectInfo:
+    """The listing's entry of an object in the test bucket, as sync receives it."""
+    head = s3.head_object(Bucket=TEST_BUCKET, Key=key)
+    return ObjectInfo(key, head["ContentLength"], head["ETag"].strip('"'), datetime.now(timezone.utc))
+
+
+class FailingHeads:
+    """An S3 client whose HEAD of one key fails as S3 would (a 500)."""
+
+    def __init__(self, client: Any, failing_key: str) -> None:
+        self._client, self._failing_key = client, failing_key
+
+    def head_object(self, *, Bucket: str, Key: str) -> dict[str, Any]:
+        if Key == self._failing_key:
+            error = {"Error": {"Code": "InternalError", "Message": "boom"}}
+            raise botocore.exceptions.ClientError(error, "HeadObject")
+        return self._client.head_object(Bucket=Bucket, Key=Key)  # type: ignore[no-any-return]
+
+
+def wait_for_lock_wait(conn: psycopg.Connection[Any], application_name: str) -> None:
+    """Return once the session named ``application_name`` waits for a lock (fail after 20 s)."""
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline:
+        waiting = conn.execute(
+            "select count(*) from pg_stat_activity where application_name = %s and wait_event_type = 'Lock'",
+            (application_name,),
+        ).fetchone()[0]
+        if waiting:
+            return
+        time.sleep(0.02)
+    raise AssertionError(f"{application_name} never waited for a lock")
+
+
+def upsert_blocked_until_commit(
+    conn: psycopg.Connection[Any], blocker: psycopg.Connection[Any], db_url: str, upsert: Callable[[Any], Any]
+) -> Any:
+    """Run ``upsert(writer)`` on a new session while ``blocker`` holds an
+    uncommitted change it must wait for; commit ``blocker`` once the upsert
+    waits on its lock. Returns what ``upsert`` returned (raises what it raised)."""
+    result: dict[str, Any] = {}
+    with psycopg.connect(db_url, autocommit=True, application_name="sync-blocked-writer") as writer:
+
+        def run_upsert() -> None:
+            try:
+                result["value"] = upsert(writer)
+            except Exception as exc:  # re-raised below, in the test's thread
+                result["error"] = exc
+
+        thread = threading.Thread(target=run_upsert)
+        thread.start()
+        wait_for_lock_wait(conn, "sync-blocked-writer")
+        blocker.commit()
+        thread.join(timeout=30)
+    if "error" in result:
+        raise result["error"]
+    return result["value"]

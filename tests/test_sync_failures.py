@@ -3,13 +3,9 @@
 from __future__ import annotations
 
 import json
-import threading
-import time
 import uuid
 from datetime import datetime, timezone
-from typing import Any
 
-import botocore.exceptions
 import psycopg
 import pytest
 import structlog
@@ -19,7 +15,7 @@ from trr_assets.config import Settings
 from trr_assets.errors import DatabaseError, StorageError
 from trr_assets.storage import ObjectInfo
 from tests.conftest import TEST_BUCKET, make_settings, make_show
-from tests.sync_helpers import put, rows, run, show_key, sync_settings
+from tests.sync_helpers import FailingHeads, object_info, put, rows, run, show_key, sync_settings, upsert_blocked_until_commit
 
 MISSING_BUCKET = "trr-test-no-such-bucket"
 
@@ -115,17 +111,12 @@ def test_unreachable_database_fails_the_whole_run(aws_env, s3):
     assert "\n" not in str(caught.value)
 
 
-def _object(s3: Any, key: str) -> ObjectInfo:
-    head = s3.head_object(Bucket=TEST_BUCKET, Key=key)
-    return ObjectInfo(key, head["ContentLength"], head["ETag"].strip('"'), datetime.now(timezone.utc))
-
-
 def test_upsert_objects_deduplicates_within_a_batch_and_counts_vanished_objects(conn, db_url, s3):
     """The same key twice in a batch makes one row; an object gone before its HEAD makes none."""
     show = make_show(conn)
     key, gone = show_key(show, "a.jpg"), show_key(show, "gone.jpg")
     put(s3, key)
-    obj = _object(s3, key)
+    obj = object_info(s3, key)
     settings: Settings = sync_settings(db_url)
     ghost = ObjectInfo(gone, 1, "0" * 32, datetime.now(timezone.utc))
 
@@ -142,7 +133,7 @@ def test_upsert_objects_over_several_batches_writes_each_key_once_and_adds_up_th
     objects = []
     for i in range(7):
         put(s3, show_key(show, f"{i:02d}.jpg"), bytes([i]) * (i + 1))
-        objects.append(_object(s3, show_key(show, f"{i:02d}.jpg")))
+        objects.append(object_info(s3, show_key(show, f"{i:02d}.jpg")))
     ghost = ObjectInfo(show_key(show, "08-gone.jpg"), 1, "0" * 32, datetime.now(timezone.utc))
     no_show = ObjectInfo(show_key(uuid.uuid4(), "x.jpg"), 1, "0" * 32, datetime.now(timezone.utc))
     listing = [*objects[:3], objects[1], no_show, *objects[3:], ghost]
@@ -160,31 +151,18 @@ def test_upsert_objects_over_several_batches_writes_each_key_once_and_adds_up_th
     assert guard == ("off",)
 
 
-class _FailingHeads:
-    """An S3 client whose HEAD of one key fails as S3 would (a 500)."""
-
-    def __init__(self, client: Any, failing_key: str) -> None:
-        self._client, self._failing_key = client, failing_key
-
-    def head_object(self, *, Bucket: str, Key: str) -> dict[str, Any]:
-        if Key == self._failing_key:
-            error = {"Error": {"Code": "InternalError", "Message": "boom"}}
-            raise botocore.exceptions.ClientError(error, "HeadObject")
-        return self._client.head_object(Bucket=Bucket, Key=Key)  # type: ignore[no-any-return]
-
-
 def test_upsert_objects_failing_in_a_later_batch_keeps_the_batches_before_it_whole(conn, db_url, s3):
     """An S3 error while batch 3 is HEADed ends the call: batches 1-2 committed whole, nothing of the rest."""
     show = make_show(conn)
     keys = [show_key(show, f"{i:02d}.jpg") for i in range(8)]
     for key in keys:
         put(s3, key)
-    objects = [_object(s3, key) for key in keys]
+    objects = [object_info(s3, key) for key in keys]
     settings = sync_settings(db_url, batch_size=2)
 
     with psycopg.connect(db_url, autocommit=True) as writer:
         with pytest.raises(StorageError, match="boom"):
-            sync.upsert_objects(writer, _FailingHeads(s3, keys[4]), TEST_BUCKET, objects, settings=settings)
+            sync.upsert_objects(writer, FailingHeads(s3, keys[4]), TEST_BUCKET, objects, settings=settings)
         status = writer.info.transaction_status
 
     assert set(rows(conn)) == set(keys[:4])
@@ -201,24 +179,11 @@ def test_upsert_objects_never_inserts_a_queued_key(conn, db_url, s3):
     conn.execute("delete from core.show_assets where object_key = %s", (key,))
 
     with psycopg.connect(db_url, autocommit=True) as writer:
-        counts = sync.upsert_objects(writer, s3, TEST_BUCKET, [_object(s3, key)], settings=settings)
+        counts = sync.upsert_objects(writer, s3, TEST_BUCKET, [object_info(s3, key)], settings=settings)
 
     assert rows(conn) == {}
     assert conn.execute("select object_key from trr_assets.delete_queue").fetchall() == [(key,)]
     assert (counts.inserted, counts.pending_deletes) == (0, 1)
-
-
-def _wait_for_lock_wait(conn: psycopg.Connection[Any], application_name: str) -> None:
-    deadline = time.monotonic() + 20
-    while time.monotonic() < deadline:
-        waiting = conn.execute(
-            "select count(*) from pg_stat_activity where application_name = %s and wait_event_type = 'Lock'",
-            (application_name,),
-        ).fetchone()[0]
-        if waiting:
-            return
-        time.sleep(0.02)
-    raise AssertionError("the upsert never waited for the deleting transaction")
 
 
 def test_upsert_racing_a_delete_does_not_resurrect_the_row(conn, db_url, s3):
@@ -229,28 +194,13 @@ def test_upsert_racing_a_delete_does_not_resurrect_the_row(conn, db_url, s3):
     settings = sync_settings(db_url)
     run(settings, s3)
     put(s3, key, b"v2, changed")  # the listing now says: changed, update the row
-    changed = _object(s3, key)
-    result: dict[str, Any] = {}
+    changed = object_info(s3, key)
 
-    with psycopg.connect(db_url) as deleter, psycopg.connect(
-        db_url, autocommit=True, application_name="sync-race-writer"
-    ) as writer:
+    with psycopg.connect(db_url) as deleter:
         deleter.execute("delete from core.show_assets where object_key = %s", (key,))  # not committed yet
+        counts = upsert_blocked_until_commit(conn, deleter, db_url, lambda writer: sync.upsert_objects(
+            writer, s3, TEST_BUCKET, [changed], settings=settings))
 
-        def upsert() -> None:
-            try:
-                result["counts"] = sync.upsert_objects(writer, s3, TEST_BUCKET, [changed], settings=settings)
-            except Exception as exc:  # surfaced by the assertion below
-                result["error"] = exc
-
-        thread = threading.Thread(target=upsert)
-        thread.start()
-        _wait_for_lock_wait(conn, "sync-race-writer")
-        deleter.commit()
-        thread.join(timeout=30)
-
-    assert "error" not in result, result.get("error")
     assert rows(conn) == {}
     assert conn.execute("select object_key, state from trr_assets.delete_queue").fetchall() == [(key, "pending")]
-    counts = result["counts"]
     assert (counts.inserted, counts.updated, counts.pending_deletes) == (0, 0, 1)

@@ -38,24 +38,31 @@ class KeyRange:
         )
 
 
-def parse_show_id(key: str, pattern: re.Pattern[str]) -> uuid.UUID | SkipReason:
-    """The show a key belongs to, or why it belongs to none.
+def parse_show_id(key: str, pattern: re.Pattern[str]) -> str | SkipReason:
+    """The show a key belongs to, as its canonical text (lower-case, hyphenated
+    UUID), or why it belongs to none.
 
-    Upper- and lower-case spellings of a show id name the same show.
+    Upper- and lower-case spellings of a show id name the same show. Text,
+    not ``uuid.UUID``: sync puts every key's show id in sets and dicts, and a
+    string hashes in C where a UUID's ``__hash__`` is a Python call.
     """
     if "\x00" in key:
         return SkipReason.INVALID_KEY
     match = pattern.search(key)
-    if match is None or match.group("show_id") is None:
+    if match is None:
+        return SkipReason.NO_MATCH
+    spelling = match.group("show_id")
+    if spelling is None:
         return SkipReason.NO_MATCH
     try:
-        return _show_uuid(match.group("show_id"))
+        return _canonical_show_id(spelling)
     except ValueError:
         return SkipReason.MALFORMED_SHOW_ID
 
 
-# A bucket holds many keys per show: parse each show id's spelling once.
-_show_uuid = functools.lru_cache(maxsize=65536)(uuid.UUID)
+@functools.lru_cache(maxsize=65536)  # a bucket holds many keys per show: each spelling parsed once
+def _canonical_show_id(spelling: str) -> str:
+    return str(uuid.UUID(spelling))
 
 
 def prefix_end(prefix: str) -> str | None:

@@ -10,12 +10,15 @@ one batch per unit, whatever the size of the bucket.
 The diff engine says what each listed key is. Sync acts on two kinds: a new
 object (``ONLY_IN_S3``) and a changed one (``CHANGED``, size or ETag differ);
 both go through ``upsert_objects``, the write path reconcile's ``import``
-repair reuses. ``SAME`` keys cost nothing (no HEAD, no write), and
-``PENDING_DELETE`` keys (deletion queued) are never re-created.
+repair reuses: new objects with ``absent=True`` (COPYed straight into the
+table), changed ones through the upsert statement. ``SAME`` keys cost
+nothing (no HEAD, no write), and ``PENDING_DELETE`` keys (deletion queued)
+are never re-created.
 """
 
 from __future__ import annotations
 
+import contextvars
 import functools
 import os
 import re
@@ -24,9 +27,10 @@ import threading
 import time
 import uuid
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from concurrent.futures import Executor, ThreadPoolExecutor
+from concurrent.futures import Executor, Future, ThreadPoolExecutor
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
+from itertools import islice
 from typing import Any, NamedTuple, TextIO
 
 import psycopg
@@ -47,6 +51,11 @@ _RETRYABLE = (
     psycopg.errors.SerializationFailure,  # the 0007 guard: a key's deletion got queued meanwhile
     psycopg.errors.ForeignKeyViolation,  # the key's show was deleted meanwhile
     psycopg.errors.DeadlockDetected,
+)
+_COPY_REFUSED = (
+    *_RETRYABLE,
+    psycopg.errors.UniqueViolation,  # a row for one of the keys appeared since the merge
+    psycopg.errors.FeatureNotSupported,  # COPY FROM into a table whose RLS applies to this role
 )
 
 
@@ -174,6 +183,7 @@ def upsert_objects(
     *,
     settings: Settings,
     head_pool: Executor | None = None,
+    absent: bool = False,
 ) -> UpsertCounts:
     """Insert or refresh the rows of ``objects`` (new or changed objects of ``bucket``).
 
@@ -185,39 +195,92 @@ def upsert_objects(
     ``conn.transaction()``: committed per batch on an idle connection, a
     savepoint inside a transaction the caller holds. ``head_pool`` runs the
     HEAD requests (default: a pool of ``s3.head_concurrency`` for this call).
+
+    ``absent=True`` says the keys had no row and no queued deletion when the
+    caller last looked (sync's new objects): each batch is then first COPYed
+    straight into ``core.show_assets`` (PostgreSQL spends about 40 % less
+    time per row than on the upsert), and written by the upsert instead when
+    anything refuses it (a row or a queued deletion that appeared since, a
+    deleted show, RLS). The result is the same either way; only the speed
+    differs. From the second batch on, a batch is written while the next is
+    read and parsed (``_write_batches``).
     """
     pattern = re.compile(settings.s3.key_pattern)
     own_pool = head_pool is None
     pool = head_pool or ThreadPoolExecutor(settings.s3.head_concurrency, thread_name_prefix="trr-head")
-    total = UpsertCounts()
+    write = functools.partial(_write_new if absent else _write_changed, conn, client, bucket, pool=pool)
+    batches = (_parse(chunk, pattern) for chunk in _chunks(objects, settings.sync.batch_size))
     try:
-        for chunk in _chunks(objects, settings.sync.batch_size):
-            wanted, counts = _parse(chunk, pattern)
-            todo, unknown = _known_shows(conn, wanted)
-            rows, headed = _head_all(client, bucket, todo, pool)
-            total += counts + unknown + headed
-            if rows:
-                total += _write(conn, bucket, rows)
+        return _write_batches(batches, write)
     finally:
         if own_pool:
             pool.shutdown(wait=True)
+
+
+def _write_batches(
+    batches: Iterable[_Parsed],
+    write: Callable[[_Parsed, Callable[[], None]], UpsertCounts],
+) -> UpsertCounts:
+    """Write each parsed batch, in order; the counts of them all.
+
+    ``write(batch, sent)`` calls ``sent()`` once the rest of the batch is the
+    database's work alone (the rows are sent, the server checks foreign keys
+    and runs triggers). From the second batch on, each is written in a thread
+    of its own, and the next batch is read and parsed from that moment on:
+    Python prepares the next batch while PostgreSQL finishes this one,
+    instead of the two taking turns. (Parsing any earlier would compete for
+    the interpreter with the thread still sending rows.) One batch is written
+    at a time, so the connection is never used by two threads at once, and
+    an error or Ctrl-C lets the batch being written finish first.
+    """
+    total = UpsertCounts()
+    context = contextvars.copy_context()  # the caller's log context (the worker's job), for the writer's events
+    with ExitStack() as stack:
+        writer: ThreadPoolExecutor | None = None
+        pending: Future[UpsertCounts] | None = None
+        for batch in batches:
+            total += batch.counts
+            if pending is not None:
+                total += pending.result()
+                pending = None
+            if not batch.items:
+                continue
+            if writer is None:  # the first batch: no next one read yet to overlap with
+                total += write(batch, _nothing)
+                writer = stack.enter_context(ThreadPoolExecutor(1, thread_name_prefix="trr-write"))
+                continue
+            sent = threading.Event()
+            pending = writer.submit(context.run, _signalled, write, batch, sent)
+            sent.wait()
+        if pending is not None:
+            total += pending.result()
     return total
 
 
+def _nothing() -> None:
+    pass
+
+
+def _signalled(
+    write: Callable[[_Parsed, Callable[[], None]], UpsertCounts],
+    batch: _Parsed,
+    sent: threading.Event,
+) -> UpsertCounts:
+    try:
+        return write(batch, sent.set)
+    finally:
+        sent.set()  # also when the write failed early: the reader must not wait for ever
+
+
 def _chunks(objects: Iterable[ObjectInfo], size: int) -> Iterator[list[ObjectInfo]]:
-    chunk: list[ObjectInfo] = []
-    for obj in objects:
-        chunk.append(obj)
-        if len(chunk) >= size:
-            yield chunk
-            chunk = []
-    if chunk:
+    it = iter(objects)
+    while chunk := list(islice(it, size)):
         yield chunk
 
 
 class _Row(NamedTuple):  # immutable; a NamedTuple is built 4x faster (see diff)
     key: str
-    show_id: uuid.UUID
+    show_id: str  # canonical text (keys.parse_show_id)
     size: int
     etag: str
     content_type: str | None
@@ -225,15 +288,22 @@ class _Row(NamedTuple):  # immutable; a NamedTuple is built 4x faster (see diff)
     invalid_owner: bool = False  # `owner-id` metadata was there but not a UUID
 
 
-def _parse(
-    objects: list[ObjectInfo], pattern: re.Pattern[str]
-) -> tuple[dict[str, tuple[ObjectInfo, uuid.UUID]], UpsertCounts]:
-    """The batch deduplicated (the last listing wins) with each key's show,
-    and the counts of the keys that name no show."""
-    wanted: dict[str, tuple[ObjectInfo, uuid.UUID]] = {}
+class _Parsed(NamedTuple):
+    """A batch read from the listing: the objects whose key names a show."""
+
+    items: list[tuple[ObjectInfo, str]]  # (object, show id), one per key, in key order
+    show_ids: list[str]  # the distinct show ids of ``items``
+    counts: UpsertCounts  # the keys that name no show
+
+
+def _parse(objects: list[ObjectInfo], pattern: re.Pattern[str]) -> _Parsed:
+    """The batch deduplicated (the last listing wins) and in key order, with
+    each key's show, and the counts of the keys that name no show."""
+    wanted: dict[str, tuple[ObjectInfo, str]] = {}
     rejected: dict[keys.SkipReason, list[str]] = {}
+    parse = keys.parse_show_id
     for obj in objects:
-        parsed = keys.parse_show_id(obj.key, pattern)
+        parsed = parse(obj.key, pattern)
         if isinstance(parsed, keys.SkipReason):
             rejected.setdefault(parsed, []).append(obj.key)
         else:
@@ -241,45 +311,47 @@ def _parse(
     counts = UpsertCounts()
     for reason, found in rejected.items():
         counts += _skips(reason, found)
-    return wanted, counts
+    in_order = list(wanted)
+    ordered = sorted(in_order)  # a listing comes sorted: one pass of comparisons
+    items = list(wanted.values()) if ordered == in_order else [wanted[key] for key in ordered]
+    return _Parsed(items, list(dict.fromkeys(show_id for _, show_id in items)), counts)
 
 
-def _known_shows(
-    conn: psycopg.Connection[Any], wanted: dict[str, tuple[ObjectInfo, uuid.UUID]]
-) -> tuple[list[tuple[ObjectInfo, uuid.UUID]], UpsertCounts]:
+def _known_shows(items: list[tuple[ObjectInfo, str]], existing: set[str]) -> tuple[list[tuple[ObjectInfo, str]], UpsertCounts]:
     """The objects whose show exists, and the count of those whose show does not."""
-    existing = _existing_shows(conn, {show_id for _, show_id in wanted.values()})
-    unknown = [key for key, (_, show_id) in wanted.items() if show_id not in existing]
-    todo = [(obj, show_id) for obj, show_id in wanted.values() if show_id in existing]
-    return todo, (_skips(keys.SkipReason.UNKNOWN_SHOW, unknown) if unknown else UpsertCounts())
+    todo = [item for item in items if item[1] in existing]
+    if len(todo) == len(items):
+        return todo, UpsertCounts()
+    unknown = [obj.key for obj, show_id in items if show_id not in existing]
+    return todo, _skips(keys.SkipReason.UNKNOWN_SHOW, unknown)
 
 
-def _head_all(
-    client: Any, bucket: str, todo: list[tuple[ObjectInfo, uuid.UUID]], pool: Executor
-) -> tuple[list[_Row], UpsertCounts]:
-    """The rows of the objects still there, and the counts of the others."""
-    heads = list(pool.map(lambda item: _head(client, bucket, item[0], item[1]), todo))
-    rows = [row for row in heads if row is not None]
+def _heads(client: Any, bucket: str, todo: list[tuple[ObjectInfo, str]], pool: Executor) -> Iterator[_Row | None]:
+    """Each object's HEAD answer as a row (None: gone), in order, as they come."""
+    return pool.map(lambda item: _head(client, bucket, item[0], item[1]), todo)
+
+
+def _headed(rows: list[_Row], asked: int) -> UpsertCounts:
+    """The counts of the HEAD answers: objects gone since the listing, bad owner ids."""
     invalid_owner = sum(1 for row in rows if row.invalid_owner)
-    return rows, UpsertCounts(vanished=len(heads) - len(rows), invalid_owner_ids=invalid_owner)
+    return UpsertCounts(vanished=asked - len(rows), invalid_owner_ids=invalid_owner)
 
 
-def _existing_shows(conn: psycopg.Connection[Any], show_ids: set[uuid.UUID]) -> set[uuid.UUID]:
-    if not show_ids:
-        return set()
+def _existing_shows(conn: psycopg.Connection[Any], show_ids: list[str]) -> set[str]:
     with db.wrap_errors("look up shows"), conn.transaction():
-        found = conn.execute(db.query("sync_existing_shows"), {"ids": list(show_ids)}).fetchall()
+        found = conn.execute(db.query("sync_existing_shows"), {"ids": show_ids}).fetchall()
     return {row[0] for row in found}
 
 
-def _head(client: Any, bucket: str, obj: ObjectInfo, show_id: uuid.UUID) -> _Row | None:
+def _head(client: Any, bucket: str, obj: ObjectInfo, show_id: str) -> _Row | None:
     """The object's current metadata, or None when it is gone."""
     response = storage.head_object(client, bucket, obj.key)
     if response is None:
         return None
     owner: uuid.UUID | None = None
     invalid_owner = False
-    raw_owner = (response.get("Metadata") or {}).get("owner-id")
+    metadata = response.get("Metadata")
+    raw_owner = metadata.get("owner-id") if metadata else None
     if raw_owner:
         try:
             owner = uuid.UUID(raw_owner.strip())
@@ -340,6 +412,90 @@ def _write_once(conn: psycopg.Connection[Any], bucket: str, rows: list[_Row]) ->
     assert result is not None  # an aggregate query returns one row
     inserted, updated, unknown_show, queued = (int(v) for v in result)
     return inserted, updated, unknown_show, queued
+
+
+def _write_changed(
+    conn: psycopg.Connection[Any],
+    client: Any,
+    bucket: str,
+    batch: _Parsed,
+    sent: Callable[[], None],
+    *,
+    pool: Executor,
+) -> UpsertCounts:
+    """Write a batch of new or changed keys: look up their shows, HEAD them, upsert."""
+    todo, unknown = _known_shows(batch.items, _existing_shows(conn, batch.show_ids))
+    rows = [row for row in _heads(client, bucket, todo, pool) if row is not None]
+    sent()
+    counts = unknown + _headed(rows, len(todo))
+    return counts + _write(conn, bucket, rows) if rows else counts
+
+
+def _write_new(
+    conn: psycopg.Connection[Any],
+    client: Any,
+    bucket: str,
+    batch: _Parsed,
+    sent: Callable[[], None],
+    *,
+    pool: Executor,
+) -> UpsertCounts:
+    """Write a batch of new keys: COPYed straight into the table as their
+    HEAD answers come in (``_copy_new``), or upserted if that was refused."""
+    todo: list[tuple[ObjectInfo, str]] = []
+    unknown = UpsertCounts()
+    heads: Iterator[_Row | None] = iter(())
+    rows: list[_Row] = []
+    nested = conn.info.transaction_status != psycopg.pq.TransactionStatus.IDLE  # inside the caller's transaction
+    try:
+        with db.wrap_errors(f"copy a batch of bucket {bucket}"), conn.transaction():
+            # One round trip for the show look-up and arming 0007's guard.
+            begun = conn.execute(db.query("sync_begin_new_batch"), {"ids": batch.show_ids}).fetchone()
+            assert begun is not None  # a SELECT without FROM returns one row
+            todo, unknown = _known_shows(batch.items, set(begun[1]))
+            heads = _heads(client, bucket, todo, pool)
+            if todo:
+                _copy_new(conn, bucket, heads, rows, len(todo), sent)
+            if nested:
+                conn.execute(db.query("sync_refuse_queued_keys_off"))
+    except DatabaseError as exc:
+        if not isinstance(exc.__cause__, _COPY_REFUSED):
+            raise
+        log.info("sync_batch_copy_refused", bucket=bucket, rows=len(rows), reason=str(exc))
+        rows.extend(row for row in heads if row is not None)  # the answers the COPY had not reached
+        counts = unknown + _headed(rows, len(todo))
+        return counts + _write(conn, bucket, rows) if rows else counts
+    return unknown + _headed(rows, len(todo)) + UpsertCounts(inserted=len(rows))
+
+
+def _copy_new(
+    conn: psycopg.Connection[Any],
+    bucket: str,
+    heads: Iterator[_Row | None],
+    rows: list[_Row],
+    asked: int,
+    sent: Callable[[], None],
+) -> None:
+    """COPY new keys (in key order) straight into core.show_assets, appending
+    each row written to ``rows``.
+
+    Each row is sent as its HEAD answer comes, so PostgreSQL inserts rows
+    while the next answers are read. What the upsert statement checks one key
+    at a time, the table's own constraints check here, and any of them
+    refuses the whole batch: the unique index (a row for the key appeared
+    since the merge; COPY waits for an uncommitted one, as the upsert would),
+    the foreign key (a show deleted since the look-up) and 0007's guard,
+    armed by the caller (a deletion queued meanwhile, even one that committed
+    while the COPY waited). The caller then writes the batch through the
+    upsert, which sorts each key out.
+    """
+    ids = iter(_time_ordered_ids(asked))
+    with conn.cursor().copy(db.query("sync_copy_new_rows")) as copy:
+        for r in heads:
+            if r is not None:
+                rows.append(r)
+                copy.write_row((next(ids), r.key, r.show_id, r.size, r.etag, r.content_type, r.owner_id, bucket))
+        sent()  # what is left (the foreign keys, the triggers) is PostgreSQL's work
 
 
 def _time_ordered_ids(count: int) -> list[str]:
@@ -580,17 +736,22 @@ def _merge_and_write(
     writer: Callable[[], psycopg.Connection[Any]],
 ) -> None:
     batch_size = ctx.settings.sync.batch_size
-    batch: list[ObjectInfo] = []
+    new: list[ObjectInfo] = []  # no row, no queued deletion in the merge's snapshot
+    changed: list[ObjectInfo] = []
     scanned = same = pending = 0
 
+    def write(objects: list[ObjectInfo], absent: bool) -> UpsertCounts:
+        if not objects:
+            return UpsertCounts()
+        return upsert_objects(writer(), ctx.client, bucket, objects, settings=ctx.settings,
+                              head_pool=ctx.heads, absent=absent)
+
     def flush() -> None:
-        nonlocal batch, scanned, same, pending
-        counts = UpsertCounts()
-        if batch:
-            counts = upsert_objects(writer(), ctx.client, bucket, batch, settings=ctx.settings, head_pool=ctx.heads)
+        nonlocal new, changed, scanned, same, pending
+        counts = write(new, True) + write(changed, False)
         tally.add(scanned, same, pending, counts)
         ctx.progress.add(scanned, counts.inserted + counts.updated)
-        batch, scanned, same, pending = [], 0, 0, 0
+        new, changed, scanned, same, pending = [], [], 0, 0, 0
 
     # Sync compares size and ETag only: the lighter row stream will do.
     for found in diff.diff_range(ctx.client, reader, bucket, ctx.prefix, shard, ctx.splits, compare_only=True):
@@ -600,13 +761,15 @@ def _merge_and_write(
             if item.obj is None:  # a row with no object: reconcile's business
                 continue
             scanned += 1
-            if item.kind is diff.Kind.PENDING_DELETE:
+            if item.kind is diff.Kind.ONLY_IN_S3:
+                new.append(item.obj)
+            elif item.kind is diff.Kind.CHANGED:
+                changed.append(item.obj)
+            else:
                 pending += 1
-            else:  # only in S3, or changed
-                batch.append(item.obj)
         # Also flush the counts now and then when nothing changes, so that
         # progress moves and a stop request is seen during a no-op pass.
-        if len(batch) >= batch_size or scanned >= 4 * batch_size:
+        if len(new) + len(changed) >= batch_size or scanned >= 4 * batch_size:
             flush()
             if tally.failed.is_set() or ctx.stop.is_set():
                 return

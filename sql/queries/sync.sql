@@ -5,7 +5,7 @@
 -- keys of unknown shows cost nothing). Reads core.shows as the connecting
 -- role: sync must run as a role that RLS does not filter (the owner, or
 -- Supabase's service_role / postgres).
-select id from core.shows where id = any(%(ids)s::uuid[])
+select id::text from core.shows where id = any(%(ids)s::uuid[])
 
 -- name: sync_prepare_batch
 -- One round trip before a batch's COPY: arm the guard trigger of 0007 for
@@ -26,6 +26,24 @@ truncate pg_temp.trr_sync_batch
 
 -- name: sync_copy_batch
 copy pg_temp.trr_sync_batch (id, object_key, show_id, size_bytes, checksum, content_type, owner_id) from stdin
+
+-- name: sync_begin_new_batch
+-- The first statement of a batch of new keys' transaction, in one round
+-- trip: arms the guard trigger of 0007 for this transaction only, and
+-- returns which of the batch's show ids name a core.shows row (as
+-- sync_existing_shows).
+select set_config('trr_assets.refuse_queued_keys', 'on', true),
+       array(select id::text from core.shows where id = any(%(ids)s::uuid[]))
+
+-- name: sync_copy_new_rows
+-- A batch of keys that had no row when the merge read them, copied straight
+-- into the table: no staging table, no conflict check, and COPY's batched
+-- heap inserts. The unique index, the foreign key to core.shows and the
+-- guard of 0007 refuse the whole batch if a row, a show deletion or a queued
+-- deletion got there first; sync then writes the batch with
+-- sync_upsert_batch instead (sync._write_new). COPY is refused outright to
+-- a role that RLS applies to, with the same fallback.
+copy core.show_assets (id, object_key, show_id, size_bytes, checksum, content_type, owner_id, bucket) from stdin
 
 -- name: sync_refuse_queued_keys_off
 -- Disarms the guard again when the batch ran inside a caller's transaction
