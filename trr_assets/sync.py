@@ -294,6 +294,7 @@ class _Parsed(NamedTuple):
     items: list[tuple[ObjectInfo, str]]  # (object, show id), one per key, in key order
     show_ids: list[str]  # the distinct show ids of ``items``
     counts: UpsertCounts  # the keys that name no show
+    ids: list[str]  # time-ordered ids for new rows, one per item, made here: off the writer's path
 
 
 def _parse(objects: list[ObjectInfo], pattern: re.Pattern[str]) -> _Parsed:
@@ -314,7 +315,8 @@ def _parse(objects: list[ObjectInfo], pattern: re.Pattern[str]) -> _Parsed:
     in_order = list(wanted)
     ordered = sorted(in_order)  # a listing comes sorted: one pass of comparisons
     items = list(wanted.values()) if ordered == in_order else [wanted[key] for key in ordered]
-    return _Parsed(items, list(dict.fromkeys(show_id for _, show_id in items)), counts)
+    show_ids = list(dict.fromkeys(show_id for _, show_id in items))
+    return _Parsed(items, show_ids, counts, _time_ordered_ids(len(items)))
 
 
 def _known_shows(items: list[tuple[ObjectInfo, str]], existing: set[str]) -> tuple[list[tuple[ObjectInfo, str]], UpsertCounts]:
@@ -455,7 +457,7 @@ def _write_new(
             todo, unknown = _known_shows(batch.items, set(begun[1]))
             heads = _heads(client, bucket, todo, pool)
             if todo:
-                _copy_new(conn, bucket, heads, rows, len(todo), sent)
+                _copy_new(conn, bucket, heads, rows, batch.ids, sent)
             if nested:
                 conn.execute(db.query("sync_refuse_queued_keys_off"))
     except DatabaseError as exc:
@@ -473,7 +475,7 @@ def _copy_new(
     bucket: str,
     heads: Iterator[_Row | None],
     rows: list[_Row],
-    asked: int,
+    new_ids: list[str],
     sent: Callable[[], None],
 ) -> None:
     """COPY new keys (in key order) straight into core.show_assets, appending
@@ -489,7 +491,7 @@ def _copy_new(
     while the COPY waited). The caller then writes the batch through the
     upsert, which sorts each key out.
     """
-    ids = iter(_time_ordered_ids(asked))
+    ids = iter(new_ids)
     with conn.cursor().copy(db.query("sync_copy_new_rows")) as copy:
         for r in heads:
             if r is not None:
