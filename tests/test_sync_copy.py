@@ -190,14 +190,15 @@ def test_an_s3_error_mid_copy_keeps_the_batches_before_it_and_nothing_of_its_own
     assert status == psycopg.pq.TransactionStatus.IDLE
 
 
-def test_unsorted_and_repeated_keys_are_copied_once_each_in_key_order(conn, db_url, s3):
-    """absent=True sorts and deduplicates the batch: time-ordered ids follow the keys, each key once."""
+@pytest.mark.parametrize("absent", [False, True], ids=["upsert", "copy"])
+def test_unsorted_and_repeated_keys_are_written_once_each_in_key_order(conn, db_url, s3, absent):
+    """Either path sorts and deduplicates the batch: time-ordered ids follow the keys, each key once."""
     show = make_show(conn)
     objects = _objects(s3, show, 6)
     listing = [*reversed(objects), objects[2], objects[0]]
 
     with psycopg.connect(db_url, autocommit=True) as writer:
-        counts = sync.upsert_objects(writer, s3, TEST_BUCKET, listing, settings=sync_settings(db_url), absent=True)
+        counts = sync.upsert_objects(writer, s3, TEST_BUCKET, listing, settings=sync_settings(db_url), absent=absent)
 
     ids = [r[0] for r in conn.execute("select id from core.show_assets order by object_key").fetchall()]
     assert counts.inserted == 6 and len(ids) == 6

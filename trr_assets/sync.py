@@ -294,7 +294,7 @@ class _Parsed(NamedTuple):
     items: list[tuple[ObjectInfo, str]]  # (object, show id), one per key, in key order
     show_ids: list[str]  # the distinct show ids of ``items``
     counts: UpsertCounts  # the keys that name no show
-    ids: list[str]  # time-ordered ids for new rows, one per item, made here: off the writer's path
+    ids: list[str]  # time-ordered ids for new rows, one per item (both write paths), made off the writer's path
 
 
 def _parse(objects: list[ObjectInfo], pattern: re.Pattern[str]) -> _Parsed:
@@ -370,19 +370,19 @@ def _head(client: Any, bucket: str, obj: ObjectInfo, show_id: str) -> _Row | Non
     )
 
 
-def _write(conn: psycopg.Connection[Any], bucket: str, rows: list[_Row]) -> UpsertCounts:
-    """Upsert one batch; retried whole when a concurrent change refused it.
+def _write(conn: psycopg.Connection[Any], bucket: str, rows: list[_Row], new_ids: list[str]) -> UpsertCounts:
+    """Upsert one batch (rows in key order, ``new_ids`` for those that turn
+    out new); retried whole when a concurrent change refused it.
 
     A batch is refused when, while it was being written, one of its keys got
     its deletion queued (0007's guard) or its show deleted (the foreign key):
     the retry's snapshot sees the queue entry or the missing show, and skips
     the key.
     """
-    rows = sorted(rows, key=lambda r: r.key)
     attempt = 1
     while True:
         try:
-            inserted, updated, unknown_show, queued = _write_once(conn, bucket, rows)
+            inserted, updated, unknown_show, queued = _write_once(conn, bucket, rows, new_ids)
             break
         except DatabaseError as exc:
             if not isinstance(exc.__cause__, _RETRYABLE) or attempt >= WRITE_ATTEMPTS:
@@ -400,13 +400,15 @@ def _write(conn: psycopg.Connection[Any], bucket: str, rows: list[_Row]) -> Upse
     return counts
 
 
-def _write_once(conn: psycopg.Connection[Any], bucket: str, rows: list[_Row]) -> tuple[int, int, int, int]:
+def _write_once(
+    conn: psycopg.Connection[Any], bucket: str, rows: list[_Row], new_ids: list[str]
+) -> tuple[int, int, int, int]:
     """COPY the batch into the staging table and upsert it, in one transaction."""
     nested = conn.info.transaction_status != psycopg.pq.TransactionStatus.IDLE  # inside the caller's transaction
     with db.wrap_errors(f"upsert a batch of bucket {bucket}"), conn.transaction():
         conn.execute(db.query("sync_prepare_batch"))
         with conn.cursor().copy(db.query("sync_copy_batch")) as copy:
-            for new_id, r in zip(_time_ordered_ids(len(rows)), rows):
+            for new_id, r in zip(new_ids, rows):
                 copy.write_row((new_id, r.key, r.show_id, r.size, r.etag, r.content_type, r.owner_id))
         result = conn.execute(db.query("sync_upsert_batch"), {"bucket": bucket}).fetchone()
         if nested:
@@ -429,8 +431,7 @@ def _write_changed(
     todo, unknown = _known_shows(batch.items, _existing_shows(conn, batch.show_ids))
     rows = [row for row in _heads(client, bucket, todo, pool) if row is not None]
     sent()
-    counts = unknown + _headed(rows, len(todo))
-    return counts + _write(conn, bucket, rows) if rows else counts
+    return _upserted(conn, bucket, batch, rows, len(todo), unknown)
 
 
 def _write_new(
@@ -465,9 +466,17 @@ def _write_new(
             raise
         log.info("sync_batch_copy_refused", bucket=bucket, rows=len(rows), reason=str(exc))
         rows.extend(row for row in heads if row is not None)  # the answers the COPY had not reached
-        counts = unknown + _headed(rows, len(todo))
-        return counts + _write(conn, bucket, rows) if rows else counts
+        return _upserted(conn, bucket, batch, rows, len(todo), unknown)
     return unknown + _headed(rows, len(todo)) + UpsertCounts(inserted=len(rows))
+
+
+def _upserted(
+    conn: psycopg.Connection[Any], bucket: str, batch: _Parsed, rows: list[_Row], asked: int, unknown: UpsertCounts
+) -> UpsertCounts:
+    """Upsert a batch's rows (in key order, as ``_parse`` left them); the
+    counts of it all: its unknown shows, its HEAD answers and its writes."""
+    counts = unknown + _headed(rows, asked)
+    return counts + _write(conn, bucket, rows, batch.ids) if rows else counts
 
 
 def _copy_new(
