@@ -163,7 +163,7 @@ def run_import(ctx: Context) -> Measured:
                f"{len(d.shows):,} shows of {PER_SHOW} objects; the baseline writes the same rows in one "
                f"transaction.",
                f"sync.run over the same in-memory listing and HEAD answers (merge, {config.s3.list_shards} "
-               f"shards {config.s3.list_concurrency} at a time, a thread-pool task per HEAD): {run_all.text()}.",),
+               f"shards {config.s3.list_concurrency} at a time, the HEADs in runs on its thread pool): {run_all.text()}.",),
         extra={"objects": n, "sync_run": run_all.as_dict()},
     )
 
