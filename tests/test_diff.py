@@ -210,18 +210,42 @@ def test_missing_bucket_is_a_clear_error(s3):
         "2026-11-26T08:12:56Z",
         "2026-11-26T08:12:56.123456+02:00",
         "Wed, 26 Nov 2026 08:12:56 GMT",  # HTTP date, as in a HEAD's Last-Modified
+        "Sun, 06 Nov 1994 08:49:37 GMT",
+        "Sun, 06 Nov 1994 08:49:37 +0100",  # not IMF-fixdate: botocore's rules apply
+        "Sunday, 06-Nov-94 08:49:37 GMT",  # RFC 850's obsolete form: botocore's
+        "Sun Nov  6 08:49:37 1994",  # asctime's: botocore's
         "1795680776",
         1795680776,
         "2026-11-26T08:12:56",  # no zone: botocore's rules apply
     ],
 )
 def test_fast_timestamp_parser_agrees_with_botocore(value):
-    """The ISO fast path gives the instant botocore's parser gives, and defers to it otherwise."""
+    """The ISO and HTTP-date fast paths give the instant botocore's parser gives, and defer to it otherwise."""
     import botocore.utils
 
     ours, theirs = storage.parse_timestamp(value), botocore.utils.parse_timestamp(value)
     assert ours == theirs
     assert (ours.tzinfo is None) == (theirs.tzinfo is None)
+
+
+@pytest.mark.parametrize("value", ["Wed, 32 Nov 2026 08:12:56 GMT", "Wed, 26 Nov 2026 25:12:56 GMT"])
+def test_a_bad_http_date_fails_as_botocore_fails(value):
+    """An IMF-fixdate-shaped value that is no date is left to botocore, which refuses it."""
+    import botocore.utils
+
+    with pytest.raises(ValueError) as theirs:
+        botocore.utils.parse_timestamp(value)
+    with pytest.raises(type(theirs.value)):
+        storage.parse_timestamp(value)
+
+
+def test_heads_use_the_fast_timestamp_parser(s3):
+    """A HEAD through a make_client client gives LastModified from the HTTP-date path (timezone.utc)."""
+    from datetime import timezone
+
+    s3.put_object(Bucket=TEST_BUCKET, Key="shows/t", Body=b"")
+    head = storage.head_object(storage.make_client(S3Settings()), TEST_BUCKET, "shows/t")
+    assert head is not None and head["LastModified"].tzinfo is timezone.utc  # dateutil would give tzutc()
 
 
 def test_listings_use_the_fast_timestamp_parser(s3):

