@@ -48,7 +48,7 @@ class _CountingPool(ThreadPoolExecutor):
 
 
 def _todo(s3: Any, count: int) -> list[tuple[ObjectInfo, str]]:
-    show = str(uuid.uuid4())  # _heads needs no show row: only the write checks it
+    show = str(uuid.uuid4())  # HEADing needs no show row: only the write checks it
     keys = [show_key(uuid.UUID(show), f"{i:04d}.jpg") for i in range(count)]
     for key in keys:
         put(s3, key)
@@ -57,7 +57,7 @@ def _todo(s3: Any, count: int) -> list[tuple[ObjectInfo, str]]:
 
 def _heads(client: Any, todo: list[tuple[ObjectInfo, str]], pool_workers: int, workers: int) -> tuple[list[Any], int]:
     with _CountingPool(pool_workers) as pool:
-        answers = list(sync._heads(client, TEST_BUCKET, todo, pool, workers))
+        answers = list(sync._Heads(client, TEST_BUCKET, pool, workers)(todo))
     return answers, pool.tasks
 
 

@@ -196,7 +196,7 @@ def upsert_objects(
     savepoint inside a transaction the caller holds. ``head_pool`` runs the
     HEAD requests (default: a pool of ``s3.head_concurrency`` for this call),
     a run of consecutive objects per task, sized for about four runs per
-    ``s3.head_concurrency`` worker (``_heads``).
+    ``s3.head_concurrency`` worker (``_Heads``).
 
     ``absent=True`` says the keys had no row and no queued deletion when the
     caller last looked (sync's new objects): each batch is then first COPYed
@@ -210,8 +210,8 @@ def upsert_objects(
     pattern = re.compile(settings.s3.key_pattern)
     own_pool = head_pool is None
     pool = head_pool or ThreadPoolExecutor(settings.s3.head_concurrency, thread_name_prefix="trr-head")
-    write = functools.partial(_write_new if absent else _write_changed, conn, client, bucket, pool=pool,
-                              workers=settings.s3.head_concurrency)
+    heads = _Heads(client, bucket, pool, settings.s3.head_concurrency)
+    write = functools.partial(_write_new if absent else _write_changed, conn, heads)
     batches = (_parse(chunk, pattern) for chunk in _chunks(objects, settings.sync.batch_size))
     try:
         return _write_batches(batches, write)
@@ -334,25 +334,33 @@ def _known_shows(items: list[tuple[ObjectInfo, str]], existing: set[str]) -> tup
 HEAD_RUN_MAX = 64  # objects HEADed one after another by one pool task, at most
 
 
-def _heads(
-    client: Any, bucket: str, todo: list[tuple[ObjectInfo, str]], pool: Executor, workers: int
-) -> Iterator[_Row | None]:
-    """Each object's HEAD answer as a row (None: gone), in order, as they come.
+@dataclass(frozen=True)
+class _Heads:
+    """HEADs the objects of one bucket on ``pool``, sized for ``workers`` threads."""
 
-    One pool task HEADs a run of consecutive objects, not one each: a
-    task's hand-over costs a lock or two, and with every unit of a sync
-    submitting to the one shared pool, those locks, not the HEADs, were what
-    the threads spent their time on (measured: see the README's import row).
-    Runs stay short enough that each of the pool's ``workers`` gets about
-    four of them, so a small batch is still HEADed with all the parallelism
-    it can use.
-    """
-    size = max(1, min(HEAD_RUN_MAX, len(todo) // (4 * workers)))
-    if size == 1:
-        return pool.map(lambda item: _head(client, bucket, item[0], item[1]), todo)
-    runs = [todo[start : start + size] for start in range(0, len(todo), size)]
-    answers = pool.map(lambda run: [_head(client, bucket, obj, show_id) for obj, show_id in run], runs)
-    return (row for run in answers for row in run)
+    client: Any
+    bucket: str
+    pool: Executor
+    workers: int
+
+    def __call__(self, todo: list[tuple[ObjectInfo, str]]) -> Iterator[_Row | None]:
+        """Each object's HEAD answer as a row (None: gone), in order, as they come.
+
+        One pool task HEADs a run of consecutive objects, not one each: a
+        task's hand-over costs a lock or two, and with every unit of a sync
+        submitting to the one shared pool, those locks, not the HEADs, were
+        what the threads spent their time on (measured: see the README's
+        import row). Runs stay short enough that each of the ``workers``
+        gets about four of them, so a small batch is still HEADed with all
+        the parallelism it can use.
+        """
+        client, bucket = self.client, self.bucket
+        size = max(1, min(HEAD_RUN_MAX, len(todo) // (4 * self.workers)))
+        if size == 1:
+            return self.pool.map(lambda item: _head(client, bucket, item[0], item[1]), todo)
+        runs = [todo[start : start + size] for start in range(0, len(todo), size)]
+        answers = self.pool.map(lambda run: [_head(client, bucket, obj, show_id) for obj, show_id in run], runs)
+        return (row for run in answers for row in run)
 
 
 def _headed(rows: list[_Row], asked: int) -> UpsertCounts:
@@ -440,38 +448,21 @@ def _write_once(
     return inserted, updated, unknown_show, queued
 
 
-def _write_changed(
-    conn: psycopg.Connection[Any],
-    client: Any,
-    bucket: str,
-    batch: _Parsed,
-    sent: Callable[[], None],
-    *,
-    pool: Executor,
-    workers: int,
-) -> UpsertCounts:
+def _write_changed(conn: psycopg.Connection[Any], heads: _Heads, batch: _Parsed, sent: Callable[[], None]) -> UpsertCounts:
     """Write a batch of new or changed keys: look up their shows, HEAD them, upsert."""
     todo, unknown = _known_shows(batch.items, _existing_shows(conn, batch.show_ids))
-    rows = [row for row in _heads(client, bucket, todo, pool, workers) if row is not None]
+    rows = [row for row in heads(todo) if row is not None]
     sent()
-    return _upserted(conn, bucket, batch, rows, len(todo), unknown)
+    return _upserted(conn, heads.bucket, batch, rows, len(todo), unknown)
 
 
-def _write_new(
-    conn: psycopg.Connection[Any],
-    client: Any,
-    bucket: str,
-    batch: _Parsed,
-    sent: Callable[[], None],
-    *,
-    pool: Executor,
-    workers: int,
-) -> UpsertCounts:
+def _write_new(conn: psycopg.Connection[Any], heads: _Heads, batch: _Parsed, sent: Callable[[], None]) -> UpsertCounts:
     """Write a batch of new keys: COPYed straight into the table as their
     HEAD answers come in (``_copy_new``), or upserted if that was refused."""
+    bucket = heads.bucket
     todo: list[tuple[ObjectInfo, str]] = []
     unknown = UpsertCounts()
-    heads: Iterator[_Row | None] = iter(())
+    answers: Iterator[_Row | None] = iter(())
     rows: list[_Row] = []
     nested = conn.info.transaction_status != psycopg.pq.TransactionStatus.IDLE  # inside the caller's transaction
     try:
@@ -480,16 +471,16 @@ def _write_new(
             begun = conn.execute(db.query("sync_begin_new_batch"), {"ids": batch.show_ids}).fetchone()
             assert begun is not None  # a SELECT without FROM returns one row
             todo, unknown = _known_shows(batch.items, set(begun[1]))
-            heads = _heads(client, bucket, todo, pool, workers)
+            answers = heads(todo)
             if todo:
-                _copy_new(conn, bucket, heads, rows, batch.ids, sent)
+                _copy_new(conn, bucket, answers, rows, batch.ids, sent)
             if nested:
                 conn.execute(db.query("sync_refuse_queued_keys_off"))
     except DatabaseError as exc:
         if not isinstance(exc.__cause__, _COPY_REFUSED):
             raise
         log.info("sync_batch_copy_refused", bucket=bucket, rows=len(rows), reason=str(exc))
-        rows.extend(row for row in heads if row is not None)  # the answers the COPY had not reached
+        rows.extend(row for row in answers if row is not None)  # the answers the COPY had not reached
         return _upserted(conn, bucket, batch, rows, len(todo), unknown)
     return unknown + _headed(rows, len(todo)) + UpsertCounts(inserted=len(rows))
 
@@ -506,7 +497,7 @@ def _upserted(
 def _copy_new(
     conn: psycopg.Connection[Any],
     bucket: str,
-    heads: Iterator[_Row | None],
+    answers: Iterator[_Row | None],
     rows: list[_Row],
     new_ids: list[str],
     sent: Callable[[], None],
@@ -526,7 +517,7 @@ def _copy_new(
     """
     ids = iter(new_ids)
     with conn.cursor().copy(db.query("sync_copy_new_rows")) as copy:
-        for r in heads:
+        for r in answers:
             if r is not None:
                 rows.append(r)
                 copy.write_row((next(ids), r.key, r.show_id, r.size, r.etag, r.content_type, r.owner_id, bucket))
