@@ -49,9 +49,7 @@ def parse_show_id(key: str, pattern: re.Pattern[str]) -> str | SkipReason:
     if "\x00" in key:
         return SkipReason.INVALID_KEY
     match = pattern.search(key)
-    if match is None:
-        return SkipReason.NO_MATCH
-    spelling = match.group("show_id")
+    spelling = match.group("show_id") if match else None
     if spelling is None:
         return SkipReason.NO_MATCH
     try:
