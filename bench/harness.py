@@ -190,12 +190,15 @@ def _collector(*, tuned: bool) -> Iterator[None]:
 
 
 def run_benchmark(benchmark: Benchmark, ctx: Context) -> Row:
-    base = {"name": benchmark.name, "baseline_title": benchmark.baseline_title, "target": benchmark.target}
+    def row(title: str, status: str, *, baseline_title: str | None = None, **outcome: Any) -> Row:
+        return Row(name=benchmark.name, title=title, baseline_title=baseline_title or benchmark.baseline_title,
+                   target=benchmark.target, status=status, **outcome)
+
     missing = benchmark.missing()
     if missing:
         reason = f"{', '.join(missing)} is not in this checkout"
         ctx.say(f"{benchmark.name}: not run ({reason})")
-        return Row(title=benchmark.title, status="not run", reason=reason, **base)
+        return row(benchmark.title, "not run", reason=reason)
     ctx.say(f"{benchmark.name}: {benchmark.title}")
     started = time.perf_counter()
     try:
@@ -205,11 +208,10 @@ def run_benchmark(benchmark: Benchmark, ctx: Context) -> Row:
         seconds = time.perf_counter() - started
         reason = f"{type(exc).__name__}: {str(exc).strip().splitlines()[0] if str(exc).strip() else ''}"
         ctx.say(f"{benchmark.name}: error after {seconds:.1f} s: {reason}")
-        return Row(title=benchmark.title, status="error", reason=reason, seconds=seconds, **base)
+        return row(benchmark.title, "error", reason=reason, seconds=seconds)
     seconds = time.perf_counter() - started
     ctx.say(f"{benchmark.name}: {measured.figure.text()} vs {measured.baseline.text()} ({seconds:.1f} s)")
-    base["baseline_title"] = measured.baseline_title or benchmark.baseline_title
-    return Row(title=measured.title, status="ok", measured=measured, seconds=seconds, **base)
+    return row(measured.title, "ok", baseline_title=measured.baseline_title, measured=measured, seconds=seconds)
 
 
 # --- the machine ---------------------------------------------------------------

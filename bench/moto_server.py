@@ -165,6 +165,7 @@ def main() -> None:
     proxy = _make_proxy((host, port), args.list_delay, pages)
     threading.Thread(target=proxy.serve_forever, daemon=True).start()
     slow_host, slow_port = proxy.server_address[:2]
+    assert isinstance(slow_host, str)  # an AF_INET server's address
     print(json.dumps({"endpoint": f"http://{host}:{port}", "slow_endpoint": f"http://{slow_host}:{slow_port}"}),
           flush=True)
     try:
