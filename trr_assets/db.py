@@ -91,11 +91,13 @@ def make_pool(
     name: str = APPLICATION_NAME,
     min_size: int | None = None,
     max_size: int | None = None,
+    connect_workers: int = 3,
 ) -> ConnectionPool:
     """A closed pool: nothing connects until ``pool.open()`` (no I/O here).
 
     Connections are checked before use, so a restarted server costs one failed
-    check, not an error in the caller.
+    check, not an error in the caller. ``connect_workers`` threads open
+    connections (see ``open_pool``).
     """
     conninfo = _conninfo(
         settings.url,
@@ -111,7 +113,25 @@ def make_pool(
         timeout=settings.connect_timeout_seconds,
         check=ConnectionPool.check_connection,
         reconnect_timeout=max(60.0, settings.connect_timeout_seconds),
+        num_workers=max(1, connect_workers),
     )
+
+
+def open_pool(pool: ConnectionPool, *, connections: int, timeout_seconds: float) -> None:
+    """Open ``pool`` with one connection ready, and ``connections`` on their way.
+
+    The first proves the database answers: if it does not, the error comes
+    once, after one connection's retries (``DatabaseError``, the pool
+    closed, after ``timeout_seconds``). The rest then open side by side in
+    the background, ``connect_workers`` at a time, while the caller starts
+    on the first. Left to itself, a pool grows one connection at a time as
+    its clients wait, and against a distant server each costs round trips
+    and a TLS handshake: the 8th shard of a pass would start 8 of them late.
+    """
+    with wrap_errors("cannot connect"):
+        pool.open(wait=True, timeout=timeout_seconds)
+    if connections > pool.min_size:
+        pool.resize(min(connections, pool.max_size), pool.max_size)
 
 
 # --- named queries -------------------------------------------------------------

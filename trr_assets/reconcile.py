@@ -510,11 +510,18 @@ class _Reconciler:
         # A shard found to hold more than its share is split while the
         # run's listings are doubled at most (see storage.ListingSplits).
         self.splits = storage.ListingSplits(extra_listings=settings.s3.list_concurrency)
+        # Each running unit holds its connections (a reader, and with
+        # --repair a writer) from its start: they open with the pool, side
+        # by side (db.open_pool).
+        per_unit = 2 if options.repair else 1
+        units = 1 if inventory else len(buckets) * settings.s3.list_shards
+        self.connections = max(1, min(self.workers, units)) * per_unit
         self.pool = db.make_pool(
             settings.database,
             name="trr-assets reconcile",
-            min_size=0,
-            max_size=self.workers * (2 if options.repair else 1),
+            min_size=1,
+            max_size=self.workers * per_unit,
+            connect_workers=self.connections,
         )
         self.inventory_conn: psycopg.Connection[Any] | None = None
 
@@ -522,8 +529,9 @@ class _Reconciler:
 
     def execute(self) -> None:
         with contextlib.ExitStack() as stack:
-            self.pool.open()
             stack.callback(self.pool.close)
+            db.open_pool(self.pool, connections=self.connections,
+                         timeout_seconds=self.settings.database.connect_timeout_seconds)
             units = self._units(stack)
             if not self.options.repair:
                 self._pass(units, phase="scan", emit=True, act=False)

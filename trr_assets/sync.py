@@ -675,9 +675,15 @@ def run(
         log.warning("sync_no_buckets", hint="set s3.buckets or pass --bucket")
     tallies = {name: _BucketTally(name) for name in names}
     units = [(tallies[name], shard) for name in names for shard in keys.shard_ranges(prefix, s3.list_shards)]
-    # Two connections per running unit: the reader's row stream and the writer.
-    pool = db.make_pool(settings.database, name="trr-assets sync", min_size=0, max_size=2 * s3.list_concurrency)
-    with _open(pool), ThreadPoolExecutor(s3.head_concurrency, thread_name_prefix="trr-head") as heads:
+    # Two connections per running unit: the reader's row stream and the
+    # writer. The readers, which every running unit takes at once, open with
+    # the pool, side by side (db.open_pool); writers, which a pass with
+    # nothing to change never takes, open as units ask for them.
+    readers = min(s3.list_concurrency, len(units))
+    pool = db.make_pool(settings.database, name="trr-assets sync", min_size=1,
+                        max_size=2 * s3.list_concurrency, connect_workers=readers)
+    opened = _open(pool, readers, settings.database.connect_timeout_seconds)
+    with opened, ThreadPoolExecutor(s3.head_concurrency, thread_name_prefix="trr-head") as heads:
         # A shard found to hold more than its share is split while the
         # run's listings are doubled at most (see storage.ListingSplits).
         splits = storage.ListingSplits(extra_listings=s3.list_concurrency)
@@ -703,12 +709,11 @@ def _run_units(ctx: _Context, units: list[tuple[_BucketTally, keys.KeyRange]]) -
 
 
 @contextmanager
-def _open(pool: ConnectionPool) -> Iterator[None]:
-    """Open the pool and prove the database answers (else the whole pass fails)."""
-    pool.open(wait=False)
+def _open(pool: ConnectionPool, readers: int, timeout_seconds: float) -> Iterator[None]:
+    """The pool, open, the readers on their way; a database that does not
+    answer fails the whole pass."""
     try:
-        with db.wrap_errors("cannot connect"), pool.connection() as conn:
-            conn.execute("select 1")
+        db.open_pool(pool, connections=readers, timeout_seconds=timeout_seconds)
         yield
     finally:
         pool.close()
