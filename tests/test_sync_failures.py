@@ -101,14 +101,15 @@ def test_database_error_mid_run_keeps_committed_batches_and_next_run_completes(c
     assert (second.inserted, second.unchanged) == (2, 4)
 
 
-def test_unreachable_database_fails_the_whole_run(aws_env, s3):
-    """With no database to talk to, sync raises one DatabaseError (exit 1) instead of reporting."""
+def test_unreachable_database_fails_the_whole_run(aws_env, s3, caplog):
+    """With no database to talk to, sync raises one DatabaseError (exit 1) instead of reporting; the log says why."""
     settings = make_settings("postgresql://nobody@127.0.0.1:9/none", database={"connect_timeout_seconds": 1.0})
 
-    with pytest.raises(DatabaseError) as caught:
+    with caplog.at_level("WARNING", logger="psycopg.pool"), pytest.raises(DatabaseError) as caught:
         run(settings, s3)
 
-    assert "\n" not in str(caught.value)
+    assert str(caught.value) == "database: cannot connect: no connection within 1 s (the log has each attempt's error)"
+    assert any("Connection refused" in record.getMessage() for record in caplog.records)
 
 
 def test_upsert_objects_deduplicates_within_a_batch_and_counts_vanished_objects(conn, db_url, s3):

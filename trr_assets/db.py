@@ -21,7 +21,7 @@ from typing import Any
 import psycopg
 import psycopg.conninfo
 import structlog
-from psycopg_pool import ConnectionPool
+from psycopg_pool import ConnectionPool, PoolTimeout
 
 from trr_assets.config import DatabaseSettings
 from trr_assets.errors import DatabaseError, MigrationError, UsageError
@@ -121,15 +121,20 @@ def open_pool(pool: ConnectionPool, *, connections: int, timeout_seconds: float)
     """Open ``pool`` with one connection ready, and ``connections`` on their way.
 
     The first proves the database answers: if it does not, the error comes
-    once, after one connection's retries (``DatabaseError``, the pool
-    closed, after ``timeout_seconds``). The rest then open side by side in
+    once, after one connection's retries (``DatabaseError`` after
+    ``timeout_seconds``, the pool closed; psycopg_pool logs each attempt's
+    error). The rest then open side by side in
     the background, ``connect_workers`` at a time, while the caller starts
     on the first. Left to itself, a pool grows one connection at a time as
     its clients wait, and against a distant server each costs round trips
     and a TLS handshake: the 8th shard of a pass would start 8 of them late.
     """
-    with wrap_errors("cannot connect"):
+    try:
         pool.open(wait=True, timeout=timeout_seconds)
+    except PoolTimeout as exc:  # its own message ("pool initialization incomplete") says less
+        raise DatabaseError(
+            f"database: cannot connect: no connection within {timeout_seconds:g} s (the log has each attempt's error)"
+        ) from exc
     if connections > pool.min_size:
         pool.resize(min(connections, pool.max_size), pool.max_size)
 
