@@ -123,11 +123,11 @@ def open_pool(pool: ConnectionPool, *, connections: int, timeout_seconds: float)
     The first proves the database answers: if it does not, the error comes
     once, after one connection's retries (``DatabaseError`` after
     ``timeout_seconds``, the pool closed; psycopg_pool logs each attempt's
-    error). The rest then open side by side in
-    the background, ``connect_workers`` at a time, while the caller starts
-    on the first. Left to itself, a pool grows one connection at a time as
-    its clients wait, and against a distant server each costs round trips
-    and a TLS handshake: the 8th shard of a pass would start 8 of them late.
+    error). The rest then open side by side in the background,
+    ``connect_workers`` at a time, while the caller starts on the first.
+    Left to itself, a pool grows one connection at a time as its clients
+    wait, and against a distant server each costs round trips and a TLS
+    handshake: the 8th shard of a pass would start 8 of them late.
     """
     try:
         pool.open(wait=True, timeout=timeout_seconds)
