@@ -174,6 +174,19 @@ class WorkerSettings:
     reconcile_interval_seconds: int = _setting(0, _at_least(0))
 
 
+def _check_host(value: str) -> str | None:
+    if not value or any(c.isspace() for c in value) or "/" in value:
+        return "must be a host name or an IP address to listen on"
+    return None
+
+
+@dataclass(frozen=True, kw_only=True)
+class MetricsSettings:
+    # worker: serve /metrics and /healthz here; port 0 = off
+    host: str = _setting("127.0.0.1", _check_host)
+    port: int = _setting(0, _between(0, 65535))
+
+
 @dataclass(frozen=True, kw_only=True)
 class Settings:
     database: DatabaseSettings = field(default_factory=DatabaseSettings)
@@ -184,6 +197,7 @@ class Settings:
     presign: PresignSettings = field(default_factory=PresignSettings)
     logging: LoggingSettings = field(default_factory=LoggingSettings)
     worker: WorkerSettings = field(default_factory=WorkerSettings)
+    metrics: MetricsSettings = field(default_factory=MetricsSettings)
     source: str = "defaults"  # where the settings came from, for messages
 
     def replace(self, **sections: Any) -> Settings:

@@ -15,6 +15,7 @@ import functools
 import queue
 import re
 import threading
+import time
 from collections.abc import Callable, Generator, Iterator
 from contextlib import contextmanager
 from datetime import datetime
@@ -536,3 +537,52 @@ def check_bucket(client: Any, bucket: str) -> None:
     """Raise ``BucketNotFound`` unless ``bucket`` exists and is reachable."""
     with wrap_errors("check bucket", bucket):
         client.head_bucket(Bucket=bucket)
+
+
+# --- request metrics -----------------------------------------------------------
+
+RequestObserver = Callable[[str, str, float], None]  # (operation, outcome, seconds)
+_STARTED = "trr_assets_started"
+
+
+def request_outcome(status: int | None) -> str:
+    """One word for an S3 answer: ok, not_found, throttled, client_error,
+    server_error, or network_error when none came."""
+    if status is None:
+        return "network_error"
+    if status < 400:
+        return "ok"
+    if status == 404:
+        return "not_found"
+    if status in (429, 503):
+        return "throttled"
+    return "client_error" if status < 500 else "server_error"
+
+
+def observe_requests(client: Any, observer: RequestObserver) -> None:
+    """Call ``observer(operation, outcome, seconds)`` after every API call of ``client``.
+
+    Hooked on botocore's events, so every call is seen, whoever makes it: one
+    observation per call (its retries included), after its last answer, or
+    with ``network_error`` when no answer came. The observer must not raise.
+    """
+
+    def started(context: dict[str, Any], **_: Any) -> None:
+        context[_STARTED] = time.monotonic()
+
+    def answered(model: Any, http_response: Any, context: dict[str, Any], **_: Any) -> None:
+        observer(model.name, request_outcome(http_response.status_code), _elapsed(context))
+
+    def failed(context: dict[str, Any], event_name: str, **_: Any) -> None:
+        # after-call-error.s3.<Operation>: the event's name is all that names the call
+        observer(event_name.rsplit(".", 1)[-1], request_outcome(None), _elapsed(context))
+
+    events = client.meta.events
+    events.register("before-call.s3", started, unique_id="trr-assets-metrics-start")
+    events.register("after-call.s3", answered, unique_id="trr-assets-metrics-answer")
+    events.register("after-call-error.s3", failed, unique_id="trr-assets-metrics-error")
+
+
+def _elapsed(context: dict[str, Any]) -> float:
+    start = context.get(_STARTED)
+    return time.monotonic() - start if start is not None else 0.0

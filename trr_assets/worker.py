@@ -34,6 +34,7 @@ afresh, so the next one recovers on its own.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import signal
@@ -42,7 +43,7 @@ import sys
 import threading
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from types import FrameType
@@ -57,9 +58,10 @@ from apscheduler.triggers.base import BaseTrigger
 from apscheduler.triggers.cron import CronTrigger
 from apscheduler.triggers.interval import IntervalTrigger
 
-from trr_assets import db, deletes, reconcile, storage, sync
+from trr_assets import db, deletes, reconcile, status, storage, sync
 from trr_assets.config import Settings
 from trr_assets.errors import RepairRefused, TrrAssetsError
+from trr_assets.metrics import Metrics, MetricsServer
 
 log = structlog.get_logger()
 
@@ -190,6 +192,8 @@ class Worker:
         self._idle = threading.Condition()
         self._signal: str | None = None
         self._started = time.monotonic()
+        self.metrics = Metrics(settings.database)
+        self._scheduling: BackgroundScheduler | None = None  # serve's, while it runs
 
     # -- stopping
 
@@ -229,6 +233,7 @@ class Worker:
             if self._s3 is None:
                 # One client for every job (its pool has room for a job's listings and HEADs).
                 self._s3 = storage.make_client(self.settings.s3)
+                storage.observe_requests(self._s3, self.metrics.observe_s3)
             return self._s3
 
     def run_job(self, job: Job, *, hold: bool = False) -> str:
@@ -240,6 +245,7 @@ class Worker:
         """
         if self.stop_event.is_set():
             log.info("job_skipped", job=job.name, outcome="skipped", reason="stopping")
+            self.metrics.observe_job(job.name, "skipped", 0.0)
             return "skipped"
         with self._idle:
             self._running[job.name] = time.monotonic()
@@ -258,6 +264,7 @@ class Worker:
                 if not held:
                     log.info("job_skipped", job=job.name, outcome="skipped", reason="locked",
                              detail="another worker is running it")
+                    self.metrics.observe_job(job.name, "skipped", 0.0)
                     return "skipped"
                 outcome = self._execute(job)
                 remaining = hold_seconds - (time.monotonic() - started)
@@ -267,6 +274,7 @@ class Worker:
         except TrrAssetsError as exc:  # the lock's connection: the database is down
             log.error("job_failed", job=job.name, outcome="failed", duration_seconds=_since(started),
                       error=_line(exc))
+            self.metrics.observe_job(job.name, "failed", time.monotonic() - started)
             return "failed"
 
     @contextmanager
@@ -294,28 +302,54 @@ class Worker:
 
     def _execute(self, job: Job) -> str:
         log.debug("job_started", job=job.name)
-        started = time.monotonic()
+        started, started_at = time.monotonic(), datetime.now(timezone.utc)
+        outcome, counts, error = self._outcome_of(job, started)
+        self.metrics.observe_job(job.name, outcome, time.monotonic() - started, counts)
+        if not _idle(job.name, outcome, counts):
+            status.record_job_run(self.settings.database, job=job.name, started_at=started_at,
+                                  outcome=outcome, counts=counts, error=error)
+        return outcome
+
+    def _outcome_of(self, job: Job, started: float) -> tuple[str, dict[str, Any], str | None]:
+        """Run ``job``: (outcome, counts, error), the run logged."""
         try:
             result = job.run(JobContext(self.settings, self.s3, self.stop_event))
         except RepairRefused as exc:
+            carried = _carried_counts(exc)
             log.error("job_failed", job=job.name, outcome="refused", duration_seconds=_since(started),
-                      error=_line(exc), **_carried_counts(exc))
-            return "refused"
+                      error=_line(exc), **carried)
+            return "refused", carried.get("counts", {}), _line(exc)
         except TrrAssetsError as exc:
+            carried = _carried_counts(exc)
             log.error("job_failed", job=job.name, outcome="failed", duration_seconds=_since(started),
-                      error=_line(exc), **_carried_counts(exc))
-            return "failed"
+                      error=_line(exc), **carried)
+            return "failed", carried.get("counts", {}), _line(exc)
         except Exception as exc:  # a bug: keep the traceback, keep the worker
+            error = f"internal error: {type(exc).__name__}: {_line(exc)}"
             log.error("job_failed", job=job.name, outcome="failed", duration_seconds=_since(started),
-                      error=f"internal error: {type(exc).__name__}: {_line(exc)}", exc_info=True)
-            return "failed"
+                      error=error, exc_info=True)
+            return "failed", {}, error
         counts = dict(result.counts)
         if result.errors:
             log.error("job_failed", job=job.name, outcome="failed", duration_seconds=_since(started),
                       counts=counts, error=result.errors[0], errors=list(result.errors))
-            return "failed"
+            return "failed", counts, result.errors[0]
         log.info("job_finished", job=job.name, outcome="ok", duration_seconds=_since(started), counts=counts)
-        return "ok"
+        return "ok", counts, None
+
+    # -- health
+
+    def health(self) -> tuple[bool, dict[str, Any]]:
+        """``/healthz``: healthy while the scheduler runs and the database answers."""
+        scheduler = self._scheduling
+        scheduling = scheduler is not None and scheduler.running and not self.stop_event.is_set()
+        problem = status.database_answers(self.settings.database, timeout_seconds=2.0)
+        details: dict[str, Any] = {
+            "scheduler": "running" if scheduling else "stopped",
+            "database": "ok" if problem is None else problem,
+            "running": self.running(),
+        }
+        return scheduling and problem is None, details
 
     # -- the daemon
 
@@ -346,8 +380,10 @@ class Worker:
         """Run the jobs on their schedules until stopped; returns 0."""
         scheduler = self._scheduler()
         heartbeat = self.settings.worker.heartbeat_seconds
-        with handling_signals(self._on_signal):
+        server = self._metrics_server()
+        with handling_signals(self._on_signal), contextlib.closing(server) if server else nullcontext():
             scheduler.start()
+            self._scheduling = scheduler
             log.info("worker_started", pid=os.getpid(), heartbeat_seconds=heartbeat,
                      jobs={job.name: str(job.trigger) for job in self.jobs})
             next_beat = time.monotonic() + heartbeat
@@ -357,10 +393,18 @@ class Worker:
                     self._heartbeat(scheduler)
                     next_beat += heartbeat
             log.info("worker_stopping", signal=self._signal, running=self.running())
+            self._scheduling = None
             scheduler.shutdown(wait=False)  # no new runs from here on
             self._finish_or_abandon()
         log.info("worker_stopped", uptime_seconds=_since(self._started))
         return 0
+
+    def _metrics_server(self) -> MetricsServer | None:
+        """The /metrics and /healthz server when ``metrics.port`` is set, started."""
+        port = self.settings.metrics.port
+        if not port:
+            return None
+        return MetricsServer(self.metrics, self.health, host=self.settings.metrics.host, port=port).start()
 
     def _heartbeat(self, scheduler: BackgroundScheduler) -> None:
         next_runs = {
@@ -427,6 +471,12 @@ def _carried_counts(exc: BaseException) -> dict[str, Any]:
     """``{"counts": ...}`` when the error carries the run's report (reconcile's do)."""
     report = getattr(exc, "summary", None)
     return {"counts": dict(report.as_dict())} if report is not None else {}
+
+
+def _idle(job: str, outcome: str, counts: Mapping[str, Any]) -> bool:
+    """A drain that found nothing to do: not worth a row in job_runs."""
+    busy = ("deleted", "retried", "gave_up", "skipped")
+    return job == "deletes" and outcome == "ok" and not any(counts.get(name) for name in busy)
 
 
 def _since(started: float) -> float:
