@@ -353,7 +353,7 @@ class _Heads:
         One pool task HEADs a run of consecutive objects, not one each: a
         task's hand-over costs a lock or two, and with every unit of a sync
         submitting to the one shared pool, those locks, not the HEADs, were
-        what the threads spent their time on (measured: see the README's
+        what the threads spent their time on (measured: see docs/benchmarks.md,
         import row). Runs stay short enough that each of the ``workers``
         gets about four of them, so a small batch is still HEADed with all
         the parallelism it can use.
