@@ -250,6 +250,26 @@ E2E_IMPORT_BIG = Benchmark(
                    baseline_reps_full=1),
 )
 
+E2E_IMPORT_LISTING = Benchmark(
+    name="e2e-import-listing",
+    title=_E2E_TITLE.format(n="20,000", what="metadata = listing"),
+    baseline_title="the same, HEADs by botocore",
+    target="≥ 20,000 objects/s",
+    needs=("trr_assets.metadata",),
+    run=import_row(full=20_000, quick=4_000, figure_env={"TRR_ASSETS_SYNC_METADATA": "listing"},
+                   what="metadata = listing", target=20_000),
+)
+
+E2E_IMPORT_LISTING_BIG = Benchmark(
+    name="e2e-import-listing-200k",
+    title=_E2E_TITLE.format(n="200,000", what="metadata = listing"),
+    baseline_title="the same, HEADs by botocore (one pass)",
+    target="≥ 20,000 objects/s",
+    needs=("trr_assets.metadata",),
+    run=import_row(full=200_000, quick=8_000, figure_env={"TRR_ASSETS_SYNC_METADATA": "listing"},
+                   what="metadata = listing", target=20_000, baseline_reps_full=1),
+)
+
 E2E_RESYNC = Benchmark(
     name="e2e-resync",
     title="no-op re-sync end to end, 200,000 objects, objects/s; rows written; HEADs",
