@@ -61,6 +61,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = commands.add_parser("sync", help="one sync pass: S3 listing into core.show_assets")
     p.add_argument("--bucket", action="append", default=[], metavar="B", help="bucket (repeatable; default: s3.buckets)")
     p.add_argument("--prefix", metavar="P", help="key prefix (default: s3.prefix)")
+    p.add_argument("--inventory", metavar="s3://BUCKET/PATH/manifest.json",
+                   help="read this S3 Inventory report (CSV, Parquet or ORC) instead of listing its bucket")
     p.set_defaults(handler=_cmd_sync)
 
     p = commands.add_parser("reconcile", help="report (or repair) drift between S3 and the rows")
@@ -126,7 +128,7 @@ def _cmd_migrate(args: argparse.Namespace, settings: Settings) -> int:
 def _cmd_sync(args: argparse.Namespace, settings: Settings) -> int:
     from trr_assets import sync
 
-    report = sync.run(settings, buckets=args.bucket or None, prefix=args.prefix)
+    report = sync.run(settings, buckets=args.bucket or None, prefix=args.prefix, inventory=args.inventory)
     print_json(report.as_dict())
     return 1 if report.failed else 0
 
