@@ -22,7 +22,6 @@ import contextvars
 import functools
 import os
 import re
-import sys
 import threading
 import time
 import uuid
@@ -31,7 +30,7 @@ from concurrent.futures import Executor, Future, ThreadPoolExecutor
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
 from itertools import islice
-from typing import Any, NamedTuple, TextIO
+from typing import Any, NamedTuple
 
 import psycopg
 import psycopg.errors
@@ -40,7 +39,8 @@ from psycopg_pool import ConnectionPool
 
 from trr_assets import db, diff, keys, logs, storage
 from trr_assets.config import Settings
-from trr_assets.errors import DatabaseError, TrrAssetsError
+from trr_assets.errors import DatabaseError, TrrAssetsError, one_line
+from trr_assets.scan import NoProgress, Progress
 from trr_assets.storage import ObjectInfo
 
 log = structlog.get_logger()
@@ -154,6 +154,11 @@ class SyncReport:
     vanished: int = 0
     buckets: dict[str, BucketReport] = field(default_factory=dict)
     stopped: bool = False  # a stop was requested; the pass ended early
+
+    @property
+    def failures(self) -> tuple[str, ...]:
+        """One line per failed bucket (``failed``)."""
+        return tuple(self.failed)
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -556,43 +561,6 @@ def _counters(count: int) -> list[str]:
 # --- one pass ------------------------------------------------------------------
 
 
-class _Progress:
-    """A one-line progress display on stderr, redrawn at most once a second."""
-
-    def __init__(self, enabled: bool, stream: TextIO) -> None:
-        self._enabled = enabled
-        self._stream = stream
-        self._lock = threading.Lock()
-        self._scanned = self._written = 0
-        self._started = self._last = time.monotonic()
-
-    def add(self, scanned: int, written: int) -> None:
-        if not self._enabled:
-            return
-        with self._lock:
-            self._scanned += scanned
-            self._written += written
-            now = time.monotonic()
-            if now - self._last >= 1.0:
-                self._last = now
-                self._draw(now)
-
-    def _draw(self, now: float) -> None:
-        self._stream.write(
-            f"\rsync: {self._scanned:,} keys scanned, {self._written:,} rows written,"
-            f" {now - self._started:.0f}s "
-        )
-        self._stream.flush()
-
-    def close(self) -> None:
-        """Draw the final figures and end the line."""
-        if self._enabled:
-            with self._lock:
-                self._draw(time.monotonic())
-                self._stream.write("\n")
-                self._stream.flush()
-
-
 class _BucketTally:
     """Counts of one bucket, added to by its units (threads)."""
 
@@ -643,7 +611,7 @@ class _Context:
     heads: Executor
     splits: storage.ListingSplits
     prefix: str
-    progress: _Progress
+    progress: Progress
     stop: threading.Event
 
 
@@ -653,14 +621,14 @@ def run(
     buckets: Sequence[str] | None = None,
     prefix: str | None = None,
     client: Any = None,
-    progress: bool | None = None,
+    progress: Progress | None = None,
     stop: threading.Event | None = None,
 ) -> SyncReport:
     """One sync pass over ``buckets`` (default ``s3.buckets``) under ``prefix``.
 
     A bucket that fails (missing, S3 or database error) is reported in
-    ``failed`` and does not stop the others. ``progress`` (default: stderr is
-    a terminal) draws a progress line on stderr. Setting ``stop`` ends the
+    ``failed`` and does not stop the others. ``progress`` hears of the keys
+    scanned and rows written as the pass goes. Setting ``stop`` ends the
     pass after the batches in flight (for the worker's shutdown). A database
     that cannot be reached at all raises ``DatabaseError``.
     """
@@ -670,7 +638,7 @@ def run(
     prefix = s3.prefix if prefix is None else prefix
     client = client or storage.make_client(s3)
     stop = stop or threading.Event()
-    progress_line = _Progress(sys.stderr.isatty() if progress is None else progress, sys.stderr)
+    progress_line = progress or NoProgress()
     if not names:
         log.warning("sync_no_buckets", hint="set s3.buckets or pass --bucket")
     tallies = {name: _BucketTally(name) for name in names}
@@ -683,12 +651,13 @@ def run(
     pool = db.make_pool(settings.database, name="trr-assets sync", min_size=1,
                         max_size=2 * s3.list_concurrency, connect_workers=readers)
     opened = _open(pool, readers, settings.database.connect_timeout_seconds)
+    progress_line.start("sync", len(units))
     with opened, ThreadPoolExecutor(s3.head_concurrency, thread_name_prefix="trr-head") as heads:
         # A shard found to hold more than its share is split while the
         # run's listings are doubled at most (see storage.ListingSplits).
         splits = storage.ListingSplits(extra_listings=s3.list_concurrency)
         _run_units(_Context(settings, client, pool, heads, splits, prefix, progress_line, stop), units)
-    progress_line.close()
+    progress_line.finish()
     reports = {name: tally.report() for name, tally in tallies.items()}
     for name, tally in tallies.items():
         _log_bucket(reports[name], tally.upserts)
@@ -728,15 +697,10 @@ def _run_unit(ctx: _Context, tally: _BucketTally, shard: keys.KeyRange) -> None:
     except Exception as exc:  # one bucket's failure must not stop the others
         if not isinstance(exc, TrrAssetsError):
             log.error("sync_unit_crashed", bucket=tally.bucket, exc_info=True)
-        tally.fail(_one_line(exc))
-
-
-def _one_line(exc: BaseException) -> str:
-    lines = str(exc).strip().splitlines()
-    text = lines[0] if lines else type(exc).__name__
-    if not isinstance(exc, TrrAssetsError):
-        text = f"internal error: {type(exc).__name__}: {text}"
-    return logs.scrub(text)
+        text = one_line(exc)
+        if not isinstance(exc, TrrAssetsError):
+            text = f"internal error: {type(exc).__name__}: {text}"
+        tally.fail(logs.scrub(text))
 
 
 def _sync_range(ctx: _Context, tally: _BucketTally, shard: keys.KeyRange) -> None:
@@ -781,7 +745,7 @@ def _merge_and_write(
         nonlocal new, changed, scanned, same, pending
         counts = write(new, True) + write(changed, False)
         tally.add(scanned, same, pending, counts)
-        ctx.progress.add(scanned, counts.inserted + counts.updated)
+        ctx.progress.advance(keys=scanned, written=counts.inserted + counts.updated)
         new, changed, scanned, same, pending = [], [], 0, 0, 0
 
     # Sync compares size and ETag only: the lighter row stream will do.
