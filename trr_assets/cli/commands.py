@@ -48,7 +48,7 @@ def sync(args: argparse.Namespace, settings: Settings) -> int:
     progress: Progress | None = render.SyncBar(sys.stderr) if _terminal() else None
     report = job.run(settings, buckets=args.bucket or None, prefix=args.prefix, progress=progress)
     render.print_json(report.as_dict())
-    return 1 if report.failures else 0
+    return check(report, prefix="sync: ")
 
 
 def reconcile(args: argparse.Namespace, settings: Settings) -> int:
