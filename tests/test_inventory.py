@@ -131,16 +131,16 @@ def test_sync_from_an_inventory_writes_the_rows_of_a_listing(conn: Any, s3: Any,
     _plant(conn, s3)
     url = write_report(s3, file_format)
     settings = _settings(db_url)
-    listed = sync.run(settings, client=s3, progress=False)
+    listed = sync.run(settings, client=s3)
     by_listing = rows(conn)
     _clear(conn)
 
-    from_report = sync.run(settings, client=s3, progress=False, inventory=url)
+    from_report = sync.run(settings, client=s3, inventory=url)
 
     assert rows(conn) == by_listing and len(by_listing) == 10
     counts = ("scanned", "inserted", "updated", "unchanged", "skipped", "failed")
     assert {k: from_report.as_dict()[k] for k in counts} == {k: listed.as_dict()[k] for k in counts}
-    again = sync.run(settings, client=s3, progress=False, inventory=url)
+    again = sync.run(settings, client=s3, inventory=url)
     assert (again.inserted, again.updated, again.unchanged) == (0, 0, 10)
 
 
@@ -149,7 +149,7 @@ def test_reconcile_reads_each_format_as_a_listing(conn: Any, s3: Any, db_url: st
     """reconcile --inventory finds, from a report in any of the three formats, what the listing finds."""
     keys = _plant(conn, s3)
     settings = _settings(db_url)
-    sync.run(settings, client=s3, progress=False)
+    sync.run(settings, client=s3)
     conn.execute("delete from core.show_assets where object_key = %s", (keys[0],))  # an orphaned object
     conn.execute("delete from trr_assets.delete_queue")
     url = write_report(s3, file_format)
@@ -200,4 +200,4 @@ def test_an_inventory_of_another_bucket_than_asked_is_a_usage_error(conn: Any, s
     _plant(conn, s3)
     url = write_report(s3, "CSV", files=1)
     with pytest.raises(inventory.UsageError, match="sync: the inventory report is of bucket"):
-        sync.run(_settings(db_url), client=s3, progress=False, inventory=url, buckets=["some-other-bucket"])
+        sync.run(_settings(db_url), client=s3, inventory=url, buckets=["some-other-bucket"])

@@ -22,7 +22,6 @@ import contextvars
 import functools
 import os
 import re
-import sys
 import threading
 import time
 import uuid
@@ -32,7 +31,7 @@ from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from itertools import islice
-from typing import Any, NamedTuple, TextIO
+from typing import Any, NamedTuple
 
 import psycopg
 import psycopg.errors
@@ -42,7 +41,8 @@ from psycopg_pool import ConnectionPool
 from trr_assets import db, diff, keys, logs, metadata, storage, storage_heads
 from trr_assets import inventory as inventory_reports
 from trr_assets.config import Settings
-from trr_assets.errors import DatabaseError, TrrAssetsError, UsageError
+from trr_assets.errors import DatabaseError, TrrAssetsError, UsageError, one_line
+from trr_assets.scan import NoProgress, Progress
 from trr_assets.storage import ObjectInfo
 
 log = structlog.get_logger()
@@ -159,6 +159,11 @@ class SyncReport:
     buckets: dict[str, BucketReport] = field(default_factory=dict)
     stopped: bool = False  # a stop was requested; the pass ended early
     filled: int = 0  # rows written from the listing alone that this pass HEADed (sync.metadata)
+
+    @property
+    def failures(self) -> tuple[str, ...]:
+        """One line per failed bucket (``failed``)."""
+        return tuple(self.failed)
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -580,43 +585,6 @@ def _counters(count: int) -> list[str]:
 # --- one pass ------------------------------------------------------------------
 
 
-class _Progress:
-    """A one-line progress display on stderr, redrawn at most once a second."""
-
-    def __init__(self, enabled: bool, stream: TextIO) -> None:
-        self._enabled = enabled
-        self._stream = stream
-        self._lock = threading.Lock()
-        self._scanned = self._written = 0
-        self._started = self._last = time.monotonic()
-
-    def add(self, scanned: int, written: int) -> None:
-        if not self._enabled:
-            return
-        with self._lock:
-            self._scanned += scanned
-            self._written += written
-            now = time.monotonic()
-            if now - self._last >= 1.0:
-                self._last = now
-                self._draw(now)
-
-    def _draw(self, now: float) -> None:
-        self._stream.write(
-            f"\rsync: {self._scanned:,} keys scanned, {self._written:,} rows written,"
-            f" {now - self._started:.0f}s "
-        )
-        self._stream.flush()
-
-    def close(self) -> None:
-        """Draw the final figures and end the line."""
-        if self._enabled:
-            with self._lock:
-                self._draw(time.monotonic())
-                self._stream.write("\n")
-                self._stream.flush()
-
-
 class _BucketTally:
     """Counts of one bucket, added to by its units (threads)."""
 
@@ -670,7 +638,7 @@ class _Context:
     native: storage_heads.HeadClient | None
     splits: storage.ListingSplits
     prefix: str
-    progress: _Progress
+    progress: Progress
     stop: threading.Event
     report: psycopg.Connection[Any] | None = None  # holds the inventory report read instead of listing
 
@@ -681,7 +649,7 @@ def run(
     buckets: Sequence[str] | None = None,
     prefix: str | None = None,
     client: Any = None,
-    progress: bool | None = None,
+    progress: Progress | None = None,
     stop: threading.Event | None = None,
     inventory: str | None = None,
 ) -> SyncReport:
@@ -696,8 +664,8 @@ def run(
     trusted as a listing's would be).
 
     A bucket that fails (missing, S3 or database error) is reported in
-    ``failed`` and does not stop the others. ``progress`` (default: stderr is
-    a terminal) draws a progress line on stderr. Setting ``stop`` ends the
+    ``failed`` and does not stop the others. ``progress`` hears of the keys
+    scanned and rows written as the pass goes. Setting ``stop`` ends the
     pass after the batches in flight (for the worker's shutdown). A database
     that cannot be reached at all raises ``DatabaseError``.
     """
@@ -713,7 +681,7 @@ def run(
                              f"not of {', '.join(names)}")
         names = [manifest.source_bucket]
     stop = stop or threading.Event()
-    progress_line = _Progress(sys.stderr.isatty() if progress is None else progress, sys.stderr)
+    progress_line = progress or NoProgress()
     if not names:
         log.warning("sync_no_buckets", hint="set s3.buckets or pass --bucket")
     tallies = {name: _BucketTally(name) for name in names}
@@ -728,6 +696,7 @@ def run(
     pool = db.make_pool(settings.database, name="trr-assets sync", min_size=1,
                         max_size=2 * s3.list_concurrency, connect_workers=readers)
     opened = _open(pool, readers, settings.database.connect_timeout_seconds)
+    progress_line.start("sync", len(units))
     with opened, ThreadPoolExecutor(s3.head_concurrency, thread_name_prefix="trr-head") as heads, \
             storage_heads.for_client(client, s3) as native, _loaded(settings, client, manifest, prefix) as report:
         # A shard found to hold more than its share is split while the
@@ -738,7 +707,7 @@ def run(
         if settings.sync.metadata == metadata.HEAD:
             for tally in tallies.values():
                 _complete_listing_rows(ctx, tally)
-    progress_line.close()
+    progress_line.finish()
     reports = {name: tally.report() for name, tally in tallies.items()}
     for name, tally in tallies.items():
         _log_bucket(reports[name], tally.upserts)
@@ -776,15 +745,14 @@ def _run_unit(ctx: _Context, tally: _BucketTally, shard: keys.KeyRange) -> None:
     try:
         _sync_range(ctx, tally, shard)
     except Exception as exc:  # one bucket's failure must not stop the others
-        if not isinstance(exc, TrrAssetsError):
-            log.error("sync_unit_crashed", bucket=tally.bucket, exc_info=True)
-        tally.fail(_one_line(exc))
+        tally.fail(_describe(tally.bucket, exc))
 
 
-def _one_line(exc: BaseException) -> str:
-    lines = str(exc).strip().splitlines()
-    text = lines[0] if lines else type(exc).__name__
+def _describe(bucket: str, exc: BaseException) -> str:
+    """The line kept for a failed bucket."""
+    text = one_line(exc)
     if not isinstance(exc, TrrAssetsError):
+        log.error("sync_unit_crashed", bucket=bucket, exc_info=exc)
         text = f"internal error: {type(exc).__name__}: {text}"
     return logs.scrub(text)
 
@@ -841,7 +809,7 @@ def _merge_and_write(
         nonlocal new, changed, scanned, same, pending
         counts = write(new, True) + write(changed, False)
         tally.add(scanned, same, pending, counts)
-        ctx.progress.add(scanned, counts.inserted + counts.updated)
+        ctx.progress.advance(keys=scanned, written=counts.inserted + counts.updated)
         new, changed, scanned, same, pending = [], [], 0, 0, 0
 
     for found in _differences(ctx, reader, bucket, shard):
@@ -897,12 +865,10 @@ def _complete_listing_rows(ctx: _Context, tally: _BucketTally) -> None:
                 tally.add(0, 0, 0, UpsertCounts(invalid_owner_ids=counts.invalid_owner_ids))
                 with tally.lock:
                     tally.filled += len(found)
-                ctx.progress.add(0, counts.updated)
+                ctx.progress.advance(written=counts.updated)
                 after = found[-1][0]
     except Exception as exc:  # as a unit's failure: the bucket is reported failed
-        if not isinstance(exc, TrrAssetsError):
-            log.error("sync_unit_crashed", bucket=bucket, exc_info=True)
-        tally.fail(_one_line(exc))
+        tally.fail(_describe(bucket, exc))
 
 
 @contextmanager
