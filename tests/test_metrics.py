@@ -298,3 +298,24 @@ def unused_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
+
+
+def test_heads_sent_past_botocore_are_counted_too(aws_env: None) -> None:
+    from tests.worker_helpers import moto_server
+    from trr_assets import storage_heads
+
+    metrics = Metrics()
+    with moto_server() as endpoint:
+        settings = make_settings("postgresql://x@localhost/x", s3={"endpoint_url": endpoint,
+                                                                    "addressing_style": "path"})
+        client = storage.make_client(settings.s3)
+        storage.observe_requests(client, metrics.observe_s3)
+        client.create_bucket(Bucket=TEST_BUCKET)
+        client.put_object(Bucket=TEST_BUCKET, Key="shows/x", Body=b"1")
+        with storage_heads.for_client(client, settings.s3) as heads:
+            assert heads is not None, "the HEADs went through botocore"
+            answers = list(heads.heads(TEST_BUCKET, ["shows/x", "shows/missing"]))
+    assert answers[0] is not None and answers[1] is None
+    s = _samples(metrics.render().decode())
+    assert _value(s, "trr_assets_s3_requests_total", operation="HeadObject", outcome="ok") == 1
+    assert _value(s, "trr_assets_s3_requests_total", operation="HeadObject", outcome="not_found") == 1

@@ -16,6 +16,7 @@ import queue
 import re
 import threading
 import time
+import weakref
 from collections.abc import Callable, Generator, Iterator
 from contextlib import contextmanager
 from datetime import datetime
@@ -324,6 +325,18 @@ def head_object(client: Any, bucket: str, key: str) -> dict[str, Any] | None:
         raise wrapped(exc, "head object", bucket) from exc
 
 
+def get_object_body(client: Any, bucket: str, key: str, *, action: str = "get object") -> Any:
+    """An object's body, a stream to read (errors while reading it are the caller's to wrap)."""
+    with wrap_errors(action, bucket):
+        return client.get_object(Bucket=bucket, Key=key)["Body"]
+
+
+def get_object_bytes(client: Any, bucket: str, key: str, *, action: str = "get object") -> bytes:
+    """An object's whole body."""
+    with wrap_errors(action, bucket):
+        return get_object_body(client, bucket, key, action=action).read()  # type: ignore[no-any-return]
+
+
 class ListingSplits:
     """How many listings a run may add by splitting shards (see ``list_objects``).
 
@@ -543,6 +556,13 @@ def check_bucket(client: Any, bucket: str) -> None:
 
 RequestObserver = Callable[[str, str, float], None]  # (operation, outcome, seconds)
 _STARTED = "trr_assets_started"
+_observers: weakref.WeakKeyDictionary[Any, RequestObserver] = weakref.WeakKeyDictionary()
+
+
+def request_observer(client: Any) -> RequestObserver | None:
+    """The observer ``observe_requests`` gave ``client``: requests that bypass
+    botocore (``storage_heads``) report to it themselves."""
+    return _observers.get(client)
 
 
 def request_outcome(status: int | None) -> str:
@@ -577,6 +597,7 @@ def observe_requests(client: Any, observer: RequestObserver) -> None:
         # after-call-error.s3.<Operation>: the event's name is all that names the call
         observer(event_name.rsplit(".", 1)[-1], request_outcome(None), _elapsed(context))
 
+    _observers[client] = observer
     events = client.meta.events
     events.register("before-call.s3", started, unique_id="trr-assets-metrics-start")
     events.register("after-call.s3", answered, unique_id="trr-assets-metrics-answer")
