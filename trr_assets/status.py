@@ -185,3 +185,18 @@ def reconcile_runs(conn: psycopg.Connection[Any], *, limit: int = 200) -> list[d
          "buckets": list(buckets), "outcome": outcome, "counts": counts or {}, "error": error}
         for run_id, started, finished, dry_run, buckets, outcome, counts, error in rows
     ]
+
+
+@dataclass(frozen=True)
+class ReportData:
+    runs: list[dict[str, Any]]
+    queue: QueueStatus
+    jobs: list[dict[str, Any]]
+
+
+def report_data(settings: DatabaseSettings) -> ReportData:
+    """What ``trr-assets report`` shows, read on one connection."""
+    with db.connect(settings, autocommit=True, application_name="trr-assets report") as conn:
+        snap = snapshot(conn)
+        queue = QueueStatus(snap.pending, snap.failed, snap.oldest_age_seconds, tuple(failed_deletes(conn)))
+        return ReportData(reconcile_runs(conn), queue, recent_job_runs(conn))

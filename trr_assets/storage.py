@@ -607,3 +607,37 @@ def observe_requests(client: Any, observer: RequestObserver) -> None:
 def _elapsed(context: dict[str, Any]) -> float:
     start = context.get(_STARTED)
     return time.monotonic() - start if start is not None else 0.0
+
+
+# --- bucket settings (doctor) ----------------------------------------------------
+
+
+def bucket_versioning(client: Any, bucket: str) -> str:
+    """"Enabled", "Suspended", or "" for a bucket that never had versioning."""
+    with wrap_errors("read bucket versioning", bucket):
+        return str(client.get_bucket_versioning(Bucket=bucket).get("Status", ""))
+
+
+def bucket_lifecycle_rules(client: Any, bucket: str) -> list[dict[str, Any]]:
+    """The bucket's lifecycle rules (an empty list when it has none)."""
+    try:
+        answer = client.get_bucket_lifecycle_configuration(Bucket=bucket)
+    except botocore.exceptions.ClientError as exc:
+        if error_code(exc) == "NoSuchLifecycleConfiguration":
+            return []
+        raise wrapped(exc, "read bucket lifecycle rules", bucket) from exc
+    except botocore.exceptions.BotoCoreError as exc:
+        raise wrapped(exc, "read bucket lifecycle rules", bucket) from exc
+    return list(answer.get("Rules", []))
+
+
+def bucket_notifications(client: Any, bucket: str) -> list[dict[str, Any]]:
+    """The bucket's event notifications to SQS queues and SNS topics, each
+    ``{"arn", "events", "kind"}``."""
+    with wrap_errors("read bucket notifications", bucket):
+        answer = client.get_bucket_notification_configuration(Bucket=bucket)
+    found = [{"arn": c.get("QueueArn", ""), "events": list(c.get("Events", [])), "kind": "queue"}
+             for c in answer.get("QueueConfigurations", [])]
+    found += [{"arn": c.get("TopicArn", ""), "events": list(c.get("Events", [])), "kind": "topic"}
+              for c in answer.get("TopicConfigurations", [])]
+    return found

@@ -124,3 +124,52 @@ def worker(args: argparse.Namespace, settings: Settings) -> int:
 
     return daemon.run(settings, once=args.once)
 
+
+
+# --- operators ---------------------------------------------------------------------
+
+
+def wants_json(args: argparse.Namespace) -> bool:
+    """``--format json``, or no ``--format`` and stdout is not a terminal."""
+    chosen = getattr(args, "format", None)
+    return chosen == "json" if chosen else not sys.stdout.isatty()
+
+
+def doctor(args: argparse.Namespace, settings: Settings) -> int:
+    """Exit 0 when nothing needs action, else 1 (the checks are printed either way)."""
+    from trr_assets import doctor as checkup
+
+    checks = checkup.run(settings)
+    if wants_json(args):
+        render.print_json({"ok": not checkup.needs_action(checks), "checks": [c.as_dict() for c in checks]})
+    else:
+        render.doctor_text(checks, sys.stdout)
+    return 1 if checkup.needs_action(checks) else 0
+
+
+def deletes_status(args: argparse.Namespace, settings: Settings) -> int:
+    from trr_assets import status
+
+    queue = status.queue_status(settings.database, limit=args.limit)
+    if wants_json(args):
+        render.print_json(queue.as_dict())
+    else:
+        render.queue_status_text(queue, sys.stdout)
+    return 0
+
+
+def report(args: argparse.Namespace, settings: Settings) -> int:
+    """Write the HTML report to ``--output``; say where on stdout."""
+    from datetime import datetime, timezone
+
+    from trr_assets import status
+    from trr_assets.cli import report_html
+
+    data = status.report_data(settings.database)
+    page = report_html.render(generated_at=datetime.now(timezone.utc), source=settings.source,
+                              buckets=list(settings.s3.buckets), runs=data.runs, queue=data.queue, jobs=data.jobs)
+    with render.output(args.output, command="report") as out:
+        out.write(page)
+    print(f"wrote {args.output}: {len(data.runs)} reconcile runs, {data.queue.pending} pending and "
+          f"{data.queue.failed} failed deletions, {len(data.jobs)} job runs")
+    return 0

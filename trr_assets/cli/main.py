@@ -100,6 +100,24 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--once", action="store_true", help="run each job once and exit")
     p.set_defaults(handler=commands.worker)
 
+    p = sub.add_parser("deletes", help="the delete queue: status")
+    deletes_sub = p.add_subparsers(dest="deletes_command", required=True, metavar="ACTION", parser_class=_Parser)
+    q = deletes_sub.add_parser("status", help="pending and failed deletions, the oldest pending one's age")
+    q.add_argument("--format", choices=("text", "json"),
+                   help="text (the default on a terminal) or json (the default when piped)")
+    q.add_argument("--limit", type=_positive_int, default=100, metavar="N",
+                   help="list at most N failed deletions (default: 100)")
+    q.set_defaults(handler=commands.deletes_status)
+
+    p = sub.add_parser("doctor", help="check the configuration, the database and each bucket; say what to fix")
+    p.add_argument("--format", choices=("text", "json"),
+                   help="text (the default on a terminal) or json (the default when piped)")
+    p.set_defaults(handler=commands.doctor)
+
+    p = sub.add_parser("report", help="write a self-contained HTML report: drift over time, deletions, job runs")
+    p.add_argument("--output", required=True, metavar="FILE.html", help="where to write the report")
+    p.set_defaults(handler=commands.report)
+
     p = sub.add_parser("demo", help="run everything on a throwaway PostgreSQL and local S3")
     p.add_argument("--keep", action="store_true", help="leave the servers running afterwards")
     p.set_defaults(handler=_demo, needs_settings=False)

@@ -222,3 +222,49 @@ class ReconcileBar:
             line = f"\rreconcile {self._phase}: {self._keys:,} keys, {self._units_done}/{self._units} shards\x1b[K"
         self._stream.write(line)
         self._stream.flush()
+
+
+# --- operators: doctor, deletes status -------------------------------------------------
+
+_MARK = {"ok": "ok  ", "warn": "WARN", "fail": "FAIL"}
+
+
+def doctor_text(checks: list[Any], out: TextIO) -> None:
+    """One line per check; under each problem, what to do about it."""
+    for check in checks:
+        out.write(f"{_MARK.get(check.status, check.status)}  {check.name}: {check.detail}\n")
+        if check.fix:
+            out.write(f"      -> {check.fix}\n")
+    problems = sum(1 for check in checks if check.status != "ok")
+    out.write("Nothing needs action.\n" if not problems else
+              f"{_count(problems, 'problem')} to act on.\n")
+
+
+def _count(n: int, noun: str) -> str:
+    return f"{n} {noun}" + ("" if n == 1 else "s")
+
+
+def duration(seconds: float) -> str:
+    """A duration as a person reads it: 45 s, 12 min, 3 h 5 min, 2 d 4 h."""
+    s = int(seconds)
+    if s < 60:
+        return f"{s} s"
+    if s < 3600:
+        return f"{s // 60} min"
+    if s < 86400:
+        return f"{s // 3600} h {s % 3600 // 60} min"
+    return f"{s // 86400} d {s % 86400 // 3600} h"
+
+
+def queue_status_text(status: Any, out: TextIO) -> None:
+    oldest = f" (oldest {duration(status.oldest_age_seconds)})" if status.pending else ""
+    out.write(f"Delete queue: {status.pending} pending{oldest}, {status.failed} failed\n")
+    if not status.failed_entries:
+        return
+    out.write("Failed deletions (newest first):\n")
+    for entry in status.failed_entries:
+        out.write(f"  {entry.bucket}  {printable(entry.key)}  after {_count(entry.attempts, 'attempt')}, "
+                  f"{entry.updated_at:%Y-%m-%d %H:%M} UTC: {entry.last_error or 'no error recorded'}\n")
+    if status.failed > len(status.failed_entries):
+        out.write(f"  ... and {status.failed - len(status.failed_entries)} more\n")
+    out.write("Retry them: trr-assets process-deletes --requeue-failed\n")
