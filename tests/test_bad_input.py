@@ -334,13 +334,15 @@ def test_s3_endpoint_that_refuses_connections_fails_in_one_line(conn, db_url, aw
 
 
 def test_bucket_name_s3_cannot_take_is_named_in_the_error(conn, db_url, s3_server):
-    """`sync --bucket` with a name S3 would never accept (here, SQL) fails that bucket naming why; nothing else is touched."""
+    """`sync --bucket` with a name S3 would never accept (here, SQL) is bad usage, exit 2, as the same
+    name in s3.buckets is bad configuration; nothing is touched."""
     before = _tables_intact(conn)
     env = child_env(db_url, s3_server.endpoint)
-    result = run_cli("sync", "--bucket", HOSTILE[0], env=env)
-    assert result.returncode == 1 and "Traceback" not in result.stderr
-    [failed] = stdout_json(result)["failed"]
-    assert "Invalid bucket name" in failed
+    for command in ("sync", "reconcile"):
+        result = run_cli(command, "--bucket", HOSTILE[0], env=env)
+        assert result.returncode == 2 and "Traceback" not in result.stderr
+        [line] = result.stderr.strip().splitlines()
+        assert "is not a valid S3 bucket name" in line and result.stdout == ""
     assert _tables_intact(conn) == before
 
 

@@ -77,9 +77,14 @@ def _check_cron(value: str) -> str | None:
     return None
 
 
+def valid_bucket_name(value: str) -> bool:
+    """S3's rules for a bucket name (3 to 63 lower-case letters, digits, dots, hyphens)."""
+    return re.fullmatch(r"[a-z0-9][a-z0-9.\-]{1,61}[a-z0-9]", value) is not None
+
+
 def _check_buckets(values: list[str]) -> str | None:
     for value in values:
-        if not re.fullmatch(r"[a-z0-9][a-z0-9.\-]{1,61}[a-z0-9]", value):
+        if not valid_bucket_name(value):
             return f"has {value!r}, which is not a valid S3 bucket name"
     return None
 
@@ -234,6 +239,8 @@ def find_config_file(path: str | os.PathLike[str] | None) -> Path | None:
     else:
         default = Path("config.toml")
         return default if default.is_file() else None
+    if candidate.is_dir():
+        raise ConfigError(f"config file {candidate} is a directory, not a file (from {origin})")
     if not candidate.is_file():
         raise ConfigError(f"config file not found: {candidate} (from {origin})")
     return candidate

@@ -24,7 +24,7 @@ import structlog
 from psycopg_pool import ConnectionPool, PoolTimeout
 
 from trr_assets.config import DatabaseSettings
-from trr_assets.errors import DatabaseError, MigrationError, UsageError, one_line
+from trr_assets.errors import ConfigError, DatabaseError, MigrationError, UsageError, one_line
 
 log = structlog.get_logger()
 
@@ -35,11 +35,21 @@ MIGRATE_LOCK_KEY = 0x7472725F6D6967  # "trr_mig"
 NO_TRANSACTION_MARKER = "-- trr-assets: no-transaction"
 
 
+# What a query meets on a database that lacks (some of) the migrations.
+_NOT_MIGRATED = (psycopg.errors.UndefinedTable, psycopg.errors.InvalidSchemaName,
+                 psycopg.errors.UndefinedFunction, psycopg.errors.UndefinedColumn)
+
+
 @contextmanager
 def wrap_errors(action: str) -> Iterator[None]:
     """Turn psycopg and pool errors into one-line ``DatabaseError``."""
     try:
         yield
+    except _NOT_MIGRATED as exc:
+        raise DatabaseError(
+            f"database: {action}: {one_line(exc)}: the database is not migrated (or is older than "
+            "this version): run `trr-assets migrate`"
+        ) from exc
     except psycopg.Error as exc:
         raise DatabaseError(f"database: {action}: {one_line(exc)}") from exc
     except Exception as exc:  # psycopg_pool.PoolTimeout and friends
@@ -54,8 +64,8 @@ def wrap_errors(action: str) -> Iterator[None]:
 def _conninfo(url: str, **extra: Any) -> str:
     try:
         return psycopg.conninfo.make_conninfo(url, **extra)
-    except psycopg.ProgrammingError as exc:
-        raise DatabaseError(f"database: database.url is not a valid connection string ({one_line(exc)})") from exc
+    except psycopg.ProgrammingError as exc:  # bad configuration, not a failure at run time: exit 2
+        raise ConfigError(f"config: database.url is not a valid connection string ({one_line(exc)})") from exc
 
 
 def connect(
@@ -103,6 +113,18 @@ def make_pool(
     )
 
 
+def probe(pool: ConnectionPool) -> None:
+    """One direct connection made as the pool would make it, closed at once.
+
+    A database that refuses connections or cannot be reached fails here, in
+    one attempt, with its cause ("connection refused", "password
+    authentication failed"), instead of after the pool's timeout with a
+    warning per retry.
+    """
+    with wrap_errors("cannot connect"):
+        psycopg.connect(pool.conninfo, **(pool.kwargs or {})).close()
+
+
 def open_pool(pool: ConnectionPool, *, connections: int, timeout_seconds: float) -> None:
     """Open ``pool`` with one connection ready, and ``connections`` on their way.
 
@@ -115,6 +137,7 @@ def open_pool(pool: ConnectionPool, *, connections: int, timeout_seconds: float)
     wait, and against a distant server each costs round trips and a TLS
     handshake: the 8th shard of a pass would start 8 of them late.
     """
+    probe(pool)
     try:
         pool.open(wait=True, timeout=timeout_seconds)
     except PoolTimeout as exc:  # its own message ("pool initialization incomplete") says less
@@ -281,3 +304,9 @@ def applied_migrations(conn: psycopg.Connection[Any]) -> list[str]:
         return [r[0] for r in conn.execute(
             "select name from trr_assets.schema_migrations order by applied_at, name"
         )]
+
+
+def pending_migrations(conn: psycopg.Connection[Any]) -> list[str]:
+    """The numbered migrations this version has that the database lacks."""
+    applied = set(applied_migrations(conn))
+    return [m.name for m in available_migrations() if m.name not in applied]

@@ -112,3 +112,30 @@ def configure(*, format: str = "auto", level: str = "info", stream: TextIO | Non
         logger_factory=factory,
         cache_logger_on_first_use=False,
     )
+
+
+def quiet_unless_configured() -> None:
+    """For library entry points (the presigner): if the program has not set up
+    structlog, send trr-assets' lines to the standard ``logging`` module.
+
+    structlog's own default prints every line, debug included, on stdout,
+    which would land in a web server's responses or its console. Through
+    ``logging`` (loggers named after our modules, ``trr_assets.*``) the
+    program's logging configuration decides; with none, Python shows
+    warnings and errors on stderr and nothing else. A program that
+    configures structlog, before or after, keeps its own configuration.
+    """
+    if structlog.is_configured():
+        return
+    structlog.configure(
+        processors=[
+            structlog.stdlib.filter_by_level,
+            structlog.processors.add_log_level,
+            structlog.processors.format_exc_info,
+            Redactor(),
+            structlog.processors.KeyValueRenderer(key_order=["event"], drop_missing=True),
+        ],
+        logger_factory=structlog.stdlib.LoggerFactory(),
+        wrapper_class=structlog.stdlib.BoundLogger,
+        cache_logger_on_first_use=False,
+    )

@@ -34,6 +34,7 @@ from typing import TYPE_CHECKING, Any
 
 import structlog
 
+from trr_assets import logs
 from trr_assets.config import SIGV4_MAX_EXPIRES_SECONDS, Settings, load_settings
 from trr_assets.errors import (
     AssetNotFound,
@@ -205,6 +206,7 @@ class Presigner:
     """
 
     def __init__(self, settings: Settings, *, clock: Callable[[], float] = time.time) -> None:
+        logs.quiet_unless_configured()  # a library prints nothing of its own accord
         self.settings = settings
         self._clock = clock
         self._lock = threading.Lock()
@@ -471,6 +473,7 @@ class Presigner:
                 from trr_assets import db
 
                 pool = db.make_pool(self.settings.database, name="trr-assets presign")
+                db.probe(pool)  # a database that is down fails the first call at once, with the cause
                 with db.wrap_errors("presign: open the connection pool"):
                     pool.open(wait=False)
                 self._pool = pool

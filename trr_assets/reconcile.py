@@ -398,9 +398,11 @@ class _Reconciler:
     def _fail(self, bucket: str, exc: BaseException) -> None:
         with self.lock:
             state = self.states[bucket]
-            if state.error is None:
+            first = state.error is None
+            if first:
                 state.error = one_line(exc)
-        log.error("reconcile_bucket_failed", bucket=bucket, error=one_line(exc))
+        if first:  # once per bucket, not once per shard that hit the same error
+            log.error("reconcile_bucket_failed", bucket=bucket, error=one_line(exc))
 
     # -- one unit: merge, classify, report, act
 

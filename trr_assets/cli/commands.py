@@ -82,9 +82,9 @@ def reconcile(args: argparse.Namespace, settings: Settings) -> int:
         report.summary(summary)
     if args.exit_code and summary.drift:
         raise DriftFound(
-            f"reconcile: drift found: {summary.orphaned_objects} orphaned objects, "
-            f"{summary.orphaned_rows} orphaned rows, {summary.mismatched} mismatched, "
-            f"{summary.failed_deletes} failed deletions"
+            f"reconcile: drift found: {render.count(summary.orphaned_objects, 'orphaned object')}, "
+            f"{render.count(summary.orphaned_rows, 'orphaned row')}, {summary.mismatched} mismatched, "
+            f"{render.count(summary.failed_deletes, 'failed deletion')}"
         )
     return 0
 

@@ -19,7 +19,7 @@ import structlog
 
 from trr_assets import __version__, logs
 from trr_assets.cli import commands
-from trr_assets.config import Settings, load_settings
+from trr_assets.config import Settings, load_settings, valid_bucket_name
 from trr_assets.errors import ConfigError, TrrAssetsError, one_line
 from trr_assets.runtime import tune_collector
 
@@ -46,6 +46,13 @@ def _positive_int(text: str) -> int:
     return value
 
 
+def _bucket(text: str) -> str:
+    """A --bucket value, held to the rules s3.buckets is held to."""
+    if not valid_bucket_name(text):
+        raise argparse.ArgumentTypeError(f"{text!r} is not a valid S3 bucket name")
+    return text
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="trr-assets", description="Keep core.show_assets true to what is in S3.")
     parser.add_argument("--config", metavar="PATH", help="TOML config file (default: $TRR_ASSETS_CONFIG, ./config.toml)")
@@ -59,7 +66,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(handler=commands.migrate)
 
     p = sub.add_parser("sync", help="one sync pass: S3 listing into core.show_assets")
-    p.add_argument("--bucket", action="append", default=[], metavar="B", help="bucket (repeatable; default: s3.buckets)")
+    p.add_argument("--bucket", action="append", default=[], type=_bucket, metavar="B",
+                   help="bucket (repeatable; default: s3.buckets)")
     p.add_argument("--prefix", metavar="P", help="key prefix (default: s3.prefix)")
     p.add_argument("--inventory", metavar="s3://BUCKET/PATH/manifest.json",
                    help="read this S3 Inventory report (CSV, Parquet or ORC) instead of listing its bucket")
@@ -69,7 +77,8 @@ def build_parser() -> argparse.ArgumentParser:
     mode = p.add_mutually_exclusive_group()
     mode.add_argument("--dry-run", action="store_true", help="report only (the default)")
     mode.add_argument("--repair", action="store_true", help="apply the configured repair policies")
-    p.add_argument("--bucket", action="append", default=[], metavar="B")
+    p.add_argument("--bucket", action="append", default=[], type=_bucket, metavar="B",
+                   help="bucket (repeatable; default: s3.buckets)")
     p.add_argument("--prefix", metavar="P")
     p.add_argument("--grace-seconds", type=_positive_int, metavar="N")
     p.add_argument("--format", choices=("text", "jsonl"), default="text")

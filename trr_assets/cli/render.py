@@ -95,7 +95,7 @@ class TextReport:
     def summary(self, summary: ReconcileSummary) -> None:
         from trr_assets.reconcile import REPAIR_COUNTS, SCAN_COUNTS
 
-        if self.rows == 0:
+        if self.rows == 0 and not summary.failed:  # a bucket that could not be read has no "no findings"
             self.out.write("No findings.\n")
         mode = "dry run" if summary.dry_run else "repair"
         where = ", ".join(summary.buckets)
@@ -104,11 +104,30 @@ class TextReport:
         for name in names:
             self.out.write(f"  {name.replace('_', ' '):<18} {getattr(summary, name):>12,}\n")
         self.out.write(f"  {'duration':<18} {summary.duration_seconds:>11.1f}s\n")
-        self.out.write("Drift found.\n" if summary.drift else "No drift.\n")
+        self.out.write(verdict(summary) + "\n")
         for line in summary.refused:
             self.out.write(f"REFUSED: {line}\n")
         for line in summary.failed:
             self.out.write(f"FAILED: {line}\n")
+
+
+def verdict(summary: ReconcileSummary) -> str:
+    """The last word of a reconcile report, true to what was and was not done."""
+    unchecked = f"{count(len(summary.failed), 'bucket')} could not be checked" if summary.failed else ""
+    found = summary.orphaned_objects + summary.orphaned_rows + summary.mismatched
+    if not summary.drift:
+        return f"No drift found, but {unchecked}." if unchecked else "No drift."
+    if summary.dry_run:
+        text = "Drift found."
+    else:
+        repaired = (summary.imported + summary.deleted_objects + summary.quarantined + summary.deleted_rows
+                    + summary.refreshed)
+        left = max(0, found - repaired)
+        text = (f"Drift found; {count(left, 'finding')} left as they are (see the table)." if left else
+                "Drift found and repaired." if found else "Drift found.")
+    if summary.failed_deletes:
+        text += f" {count(summary.failed_deletes, 'deletion')} failed: see `trr-assets deletes status`."
+    return f"{text} Also, {unchecked}." if unchecked else text
 
 
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
@@ -237,11 +256,14 @@ def doctor_text(checks: list[Any], out: TextIO) -> None:
             out.write(f"      -> {check.fix}\n")
     problems = sum(1 for check in checks if check.status != "ok")
     out.write("Nothing needs action.\n" if not problems else
-              f"{_count(problems, 'problem')} to act on.\n")
+              f"{count(problems, 'problem')} to act on.\n")
 
 
-def _count(n: int, noun: str) -> str:
+def count(n: int, noun: str) -> str:
+    """"1 orphaned object", "2 orphaned objects"."""
     return f"{n} {noun}" + ("" if n == 1 else "s")
+
+
 
 
 def duration(seconds: float) -> str:
@@ -263,7 +285,7 @@ def queue_status_text(status: Any, out: TextIO) -> None:
         return
     out.write("Failed deletions (newest first):\n")
     for entry in status.failed_entries:
-        out.write(f"  {entry.bucket}  {printable(entry.key)}  after {_count(entry.attempts, 'attempt')}, "
+        out.write(f"  {entry.bucket}  {printable(entry.key)}  after {count(entry.attempts, 'attempt')}, "
                   f"{entry.updated_at:%Y-%m-%d %H:%M} UTC: {entry.last_error or 'no error recorded'}\n")
     if status.failed > len(status.failed_entries):
         out.write(f"  ... and {status.failed - len(status.failed_entries)} more\n")
