@@ -45,10 +45,10 @@ def migrate(args: argparse.Namespace, settings: Settings) -> int:
 def sync(args: argparse.Namespace, settings: Settings) -> int:
     from trr_assets import sync as job
 
-    progress: Progress | None = render.SyncBar(sys.stderr) if _terminal() else None
+    progress: Progress | None = render.SyncBar(sys.stderr) if _terminal() and not getattr(args, "quiet", False) else None
     report = job.run(settings, buckets=args.bucket or None, prefix=args.prefix, progress=progress,
                      inventory=args.inventory)
-    render.print_json(report.as_dict())
+    render.result(report.as_dict(), render.sync_text, as_json=wants_json(args))
     return check(report, prefix="sync: ")
 
 
@@ -71,7 +71,7 @@ def reconcile(args: argparse.Namespace, settings: Settings) -> int:
         force=bool(args.force),
         inventory=args.inventory,
     )
-    progress: Progress | None = render.ReconcileBar(sys.stderr) if _terminal() else None
+    progress: Progress | None = render.ReconcileBar(sys.stderr) if _terminal() and not getattr(args, "quiet", False) else None
     with render.output(args.output, command="reconcile") as out:
         report = render.JsonlReport(out) if args.format == "jsonl" else render.TextReport(out)
         try:
@@ -102,7 +102,7 @@ def delete(args: argparse.Namespace, settings: Settings) -> int:
     from trr_assets import deletes
 
     report = deletes.delete_assets(settings, args.asset_ids)
-    render.print_json(report.as_dict())
+    render.result(report.as_dict(), render.delete_text, as_json=wants_json(args))
     return check(report)
 
 
@@ -115,7 +115,7 @@ def process_deletes(args: argparse.Namespace, settings: Settings) -> int:
     result = report.as_dict()
     if requeued is not None:
         result["requeued"] = requeued
-    render.print_json(result)
+    render.result(result, render.drain_text, as_json=wants_json(args))
     return check(report)
 
 

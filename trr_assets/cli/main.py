@@ -57,6 +57,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="trr-assets", description="Keep core.show_assets true to what is in S3.")
     parser.add_argument("--config", metavar="PATH", help="TOML config file (default: $TRR_ASSETS_CONFIG, ./config.toml)")
     parser.add_argument("--debug", action="store_true", help="show tracebacks and debug logs")
+    parser.add_argument("--log-level", choices=("debug", "info", "warning", "error"),
+                        help="how much to log on stderr (default: logging.level, info)")
+    parser.add_argument("--quiet", "-q", action="store_true",
+                        help="log errors only and draw no progress bars; results are still printed")
     parser.add_argument("--version", action="version", version=f"trr-assets {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND", parser_class=_Parser)
 
@@ -71,6 +75,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--prefix", metavar="P", help="key prefix (default: s3.prefix)")
     p.add_argument("--inventory", metavar="s3://BUCKET/PATH/manifest.json",
                    help="read this S3 Inventory report (CSV, Parquet or ORC) instead of listing its bucket")
+    p.add_argument("--format", choices=("text", "json"),
+                   help="text (the default on a terminal) or json (the default when piped)")
     p.set_defaults(handler=commands.sync)
 
     p = sub.add_parser("reconcile", help="report (or repair) drift between S3 and the rows")
@@ -79,9 +85,11 @@ def build_parser() -> argparse.ArgumentParser:
     mode.add_argument("--repair", action="store_true", help="apply the configured repair policies")
     p.add_argument("--bucket", action="append", default=[], type=_bucket, metavar="B",
                    help="bucket (repeatable; default: s3.buckets)")
-    p.add_argument("--prefix", metavar="P")
-    p.add_argument("--grace-seconds", type=_positive_int, metavar="N")
-    p.add_argument("--format", choices=("text", "jsonl"), default="text")
+    p.add_argument("--prefix", metavar="P", help="key prefix (default: s3.prefix)")
+    p.add_argument("--grace-seconds", type=_positive_int, metavar="N",
+                   help="objects and rows younger than this are never orphans (default: reconcile.grace_seconds)")
+    p.add_argument("--format", choices=("text", "jsonl"), default="text",
+                   help="text: a table and totals (the default); jsonl: one JSON object per finding, then the summary")
     p.add_argument("--output", metavar="FILE", help="write the report here instead of stdout")
     p.add_argument("--exit-code", action="store_true", help="exit 3 when drift is found")
     p.add_argument("--force", action="store_true", help="override max_deletes and max_delete_fraction")
@@ -91,18 +99,23 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(handler=commands.reconcile)
 
     p = sub.add_parser("presign", help="print a presigned URL")
-    p.add_argument("target", metavar="ASSET_ID|s3://BUCKET/KEY")
-    p.add_argument("--method", choices=("get", "put"), default="get")
+    p.add_argument("target", metavar="ASSET_ID|s3://BUCKET/KEY",
+                   help="an asset id (its row must exist) or an object's s3:// URL (no row needed)")
+    p.add_argument("--method", choices=("get", "put"), default="get", help="the URL downloads (get) or uploads (put)")
     p.add_argument("--expires", type=_positive_int, metavar="N", help="seconds (default: presign.expires_seconds)")
     p.set_defaults(handler=commands.presign)
 
     p = sub.add_parser("delete", help="delete asset rows and their objects")
-    p.add_argument("asset_ids", nargs="+", metavar="ASSET_ID")
+    p.add_argument("asset_ids", nargs="+", metavar="ASSET_ID", help="id of a core.show_assets row (repeatable)")
+    p.add_argument("--format", choices=("text", "json"),
+                   help="text (the default on a terminal) or json (the default when piped)")
     p.set_defaults(handler=commands.delete)
 
     p = sub.add_parser("process-deletes", help="run the queued S3 deletions once")
     p.add_argument("--requeue-failed", action="store_true",
                    help="first make the failed deletions pending again (attempts from zero)")
+    p.add_argument("--format", choices=("text", "json"),
+                   help="text (the default on a terminal) or json (the default when piped)")
     p.set_defaults(handler=commands.process_deletes)
 
     p = sub.add_parser("worker", help="the daemon: sync, deletes, reconcile on their schedules")
@@ -152,6 +165,13 @@ def _check_schedule(settings: Settings) -> None:
         raise ConfigError(f"config: reconcile.schedule is not a valid cron expression ({exc})") from exc
 
 
+def _log_level(args: argparse.Namespace, configured: str) -> str:
+    """--debug, else --log-level, else --quiet (errors only), else the configured level."""
+    if args.debug:
+        return "debug"
+    return str(args.log_level or ("error" if args.quiet else configured))
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``trr-assets`` console script."""
     try:
@@ -160,15 +180,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         return int(exc.code or 0)
     tune_collector()
     debug = bool(args.debug)
-    logs.configure(format="auto", level="debug" if debug else "info")
+    logs.configure(format="auto", level=_log_level(args, "info"))
     try:
         settings: Settings | None = None
         if getattr(args, "needs_settings", True):
             settings = load_settings(args.config)
             _check_schedule(settings)
-            logs.configure(
-                format=settings.logging.format, level="debug" if debug else settings.logging.level
-            )
+            logs.configure(format=settings.logging.format, level=_log_level(args, settings.logging.level))
         return int(args.handler(args, settings))
     except TrrAssetsError as exc:
         return _fail(exc, exc.exit_code, debug)

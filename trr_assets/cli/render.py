@@ -290,3 +290,56 @@ def queue_status_text(status: Any, out: TextIO) -> None:
     if status.failed > len(status.failed_entries):
         out.write(f"  ... and {status.failed - len(status.failed_entries)} more\n")
     out.write("Retry them: trr-assets process-deletes --requeue-failed\n")
+
+
+# --- summaries for a person (sync, delete, process-deletes) ----------------------------
+
+
+def _n(value: int) -> str:
+    return f"{value:,}"
+
+
+def sync_text(report: dict[str, Any], out: TextIO) -> None:
+    """A sync pass in two or three lines."""
+    skipped = report.get("skipped_by_reason") or {}
+    reasons = ", ".join(f"{reason.replace('_', ' ')} {_n(n)}" for reason, n in skipped.items())
+    why = f" ({reasons})" if reasons else ""
+    out.write(f"Sync: {_n(report['scanned'])} objects listed in {report['duration_seconds']:.1f} s: "
+              f"{_n(report['inserted'])} inserted, {_n(report['updated'])} updated, "
+              f"{_n(report['unchanged'])} unchanged, {_n(report['skipped'])} skipped{why}.\n")
+    if report.get("pending_deletes"):
+        out.write(f"  {count(report['pending_deletes'], 'object')} left alone: its deletion is queued.\n")
+    if report.get("stopped"):
+        out.write("  Stopped before the end: the next pass completes it.\n")
+    for line in report.get("failed") or []:
+        out.write(f"FAILED: {line}\n")
+
+
+def delete_text(report: dict[str, Any], out: TextIO) -> None:
+    out.write(f"Deleted {count(report['deleted_rows'], 'row')} and {count(report['deleted_objects'], 'object')}.\n")
+    if report.get("pending"):
+        out.write(f"  {count(report['pending'], 'object deletion')} still queued "
+                  f"({report.get('failed', 0)} failed): the worker retries them.\n")
+    if report.get("not_found"):
+        out.write(f"  Not found: {', '.join(report['not_found'])}\n")
+
+
+def drain_text(report: dict[str, Any], out: TextIO) -> None:
+    if "requeued" in report:
+        out.write(f"Requeued {count(report['requeued'], 'failed deletion')}.\n")
+    out.write(f"Deleted {count(report['deleted'], 'object')} in {report['duration_seconds']:.1f} s"
+              f" ({count(report['requests'], 'request')}).\n")
+    if report.get("retried") or report.get("gave_up"):
+        out.write(f"  S3 refused {report['retried'] + report['gave_up']}: {report['retried']} retried later, "
+                  f"{report['gave_up']} given up.\n")
+    out.write(f"Queue now: {report['pending']} pending, {report['failed']} failed"
+              + (" (see `trr-assets deletes status`)" if report["failed"] else "") + ".\n")
+
+
+def result(data: dict[str, Any], text: Any, *, as_json: bool) -> None:
+    """A command's result: one JSON object, or ``text(data, stdout)`` for a person."""
+    if as_json:
+        print_json(data)
+    else:
+        text(data, sys.stdout)
+        sys.stdout.flush()
