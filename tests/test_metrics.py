@@ -319,3 +319,21 @@ def test_heads_sent_past_botocore_are_counted_too(aws_env: None) -> None:
     s = _samples(metrics.render().decode())
     assert _value(s, "trr_assets_s3_requests_total", operation="HeadObject", outcome="ok") == 1
     assert _value(s, "trr_assets_s3_requests_total", operation="HeadObject", outcome="not_found") == 1
+
+
+def test_drift_findings_are_per_bucket_from_a_real_reconcile_run(
+    settings: Settings, conn: psycopg.Connection[Any], s3: Any
+) -> None:
+    from trr_assets import reconcile
+
+    s3.create_bucket(Bucket="trr-test-second")
+    show = make_show(conn)
+    put(s3, show_key(show, "a.jpg"))
+    put(s3, show_key(show, "b.jpg"), bucket="trr-test-second")
+    put(s3, show_key(show, "c.jpg"), bucket="trr-test-second")
+    two = settings.replace(s3={"buckets": [TEST_BUCKET, "trr-test-second"]})
+    reconcile.run(two, reconcile.ReconcileOptions(repair=False))
+    s = _samples(Metrics(two.database).render().decode())
+    assert _value(s, "trr_assets_drift_findings", bucket=TEST_BUCKET, kind="orphaned_object") == 1
+    assert _value(s, "trr_assets_drift_findings", bucket="trr-test-second", kind="orphaned_object") == 2
+    assert _value(s, "trr_assets_drift_findings", bucket="trr-test-second", kind="orphaned_row") == 0

@@ -109,6 +109,10 @@ class ReconcileOptions:
     run_by: str | None = None  # recorded in the history; default user@host
 
 
+# What trr_assets_drift_findings{bucket,kind} reads from a recorded run (see status.DRIFT_KINDS).
+FINDING_COUNTS = ("orphaned_objects", "orphaned_rows", "mismatched", "failed_deletes")
+
+
 @dataclass(frozen=True)
 class ReconcileSummary:
     """What one run found and did. Counts cover the findings it reported."""
@@ -138,6 +142,7 @@ class ReconcileSummary:
     started_at: datetime | None = None
     duration_seconds: float = 0.0
     run_id: int | None = None
+    by_bucket: dict[str, dict[str, int]] = field(default_factory=dict)  # findings per bucket, recorded
 
     @property
     def drift(self) -> bool:
@@ -676,6 +681,8 @@ class _Reconciler:
             started_at=started_at,
             duration_seconds=duration,
             run_id=run_id,
+            by_bucket={bucket: {name: state.counts[name] for name in FINDING_COUNTS}
+                       for bucket, state in self.states.items() if state.error is None},
         )
 
 
@@ -795,7 +802,8 @@ def run(
         raise
     summary = reconciler.summary(started_at, time.monotonic() - began, run_id)
     errors = [*summary.refused, *summary.failed]
-    _record_finish(settings, run_id, _outcome(summary), summary.counts(), "; ".join(errors) or None)
+    _record_finish(settings, run_id, _outcome(summary), {**summary.counts(), "by_bucket": summary.by_bucket},
+                   "; ".join(errors) or None)
     log.info("reconcile_finished", run_id=run_id, drift=summary.drift, **summary.counts())
     if summary.refused:
         raise ReconcileRefused("reconcile: " + "; ".join(summary.refused), summary)
