@@ -121,8 +121,10 @@ def probe(pool: ConnectionPool) -> None:
     authentication failed"), instead of after the pool's timeout with a
     warning per retry.
     """
+    conninfo = pool.conninfo() if callable(pool.conninfo) else pool.conninfo
+    kwargs = pool.kwargs() if callable(pool.kwargs) else pool.kwargs
     with wrap_errors("cannot connect"):
-        psycopg.connect(pool.conninfo, **(pool.kwargs or {})).close()
+        psycopg.connect(conninfo, **(kwargs or {})).close()
 
 
 def open_pool(pool: ConnectionPool, *, connections: int, timeout_seconds: float) -> None:

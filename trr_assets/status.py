@@ -141,6 +141,18 @@ def database_answers(settings: DatabaseSettings, *, timeout_seconds: float) -> s
     return None
 
 
+def warn_if_schema_old(settings: DatabaseSettings) -> None:
+    """Log a warning when the database lacks migrations of this version (the
+    worker, at start: its jobs would fail on what is missing)."""
+    try:
+        with db.connect(settings, autocommit=True, application_name="trr-assets worker") as conn:
+            pending = db.pending_migrations(conn)
+    except DatabaseError:
+        return  # the jobs say what is wrong with the database, run by run
+    if pending:
+        log.warning("schema_older_than_code", pending=pending, hint="run `trr-assets migrate`")
+
+
 def worker_name() -> str:
     return f"worker@{socket.gethostname()}"
 

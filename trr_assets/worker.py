@@ -379,7 +379,7 @@ class Worker:
         """Run the jobs on their schedules until stopped; returns 0."""
         scheduler = self._scheduler()
         heartbeat = self.settings.worker.heartbeat_seconds
-        self._warn_if_schema_old()
+        status.warn_if_schema_old(self.settings.database)
         server = self._metrics_server()
         with handling_signals(self._on_signal), contextlib.closing(server) if server else nullcontext():
             scheduler.start()
@@ -398,16 +398,6 @@ class Worker:
             self._finish_or_abandon()
         log.info("worker_stopped", uptime_seconds=_since(self._started))
         return 0
-
-    def _warn_if_schema_old(self) -> None:
-        """A database behind this version's migrations: say so at start (the jobs will fail)."""
-        try:
-            with db.connect(self.settings.database, autocommit=True, application_name="trr-assets worker") as conn:
-                pending = db.pending_migrations(conn)
-        except TrrAssetsError:
-            return  # the jobs say what is wrong with the database, run by run
-        if pending:
-            log.warning("schema_older_than_code", pending=pending, hint="run `trr-assets migrate`")
 
     def _metrics_server(self) -> MetricsServer | None:
         """The /metrics and /healthz server when ``metrics.port`` is set, started."""
@@ -440,7 +430,7 @@ class Worker:
     def run_once(self) -> int:
         """Every job once, in order; 1 if any failed, else 0."""
         outcomes: dict[str, str] = {}
-        self._warn_if_schema_old()
+        status.warn_if_schema_old(self.settings.database)
         with handling_signals(self._on_signal):
             for job in self.jobs:
                 outcomes[job.name] = self._run_in_thread(job)
