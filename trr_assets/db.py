@@ -10,8 +10,10 @@ blocks), read once on first use.
 from __future__ import annotations
 
 import hashlib
+import logging
 import re
 import threading
+import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -21,7 +23,7 @@ from typing import Any
 import psycopg
 import psycopg.conninfo
 import structlog
-from psycopg_pool import ConnectionPool, PoolTimeout
+from psycopg_pool import ConnectionPool
 
 from trr_assets.config import DatabaseSettings
 from trr_assets.errors import ConfigError, DatabaseError, MigrationError, UsageError, one_line
@@ -130,24 +132,65 @@ def probe(pool: ConnectionPool) -> None:
 def open_pool(pool: ConnectionPool, *, connections: int, timeout_seconds: float) -> None:
     """Open ``pool`` with one connection ready, and ``connections`` on their way.
 
-    The first proves the database answers: if it does not, the error comes
-    once, after one connection's retries (``DatabaseError`` after
-    ``timeout_seconds``, the pool closed; psycopg_pool logs each attempt's
-    error). The rest then open side by side in the background,
+    The first proves the database answers. If its first attempt fails, one
+    direct attempt (``probe``) finds the cause and raises it at once, the
+    pool closed: a database that refuses connections fails the command in
+    one attempt, not after ``timeout_seconds`` of retries. A server that
+    answers slowly still has ``timeout_seconds`` (``DatabaseError`` after
+    that). The rest then open side by side in the background,
     ``connect_workers`` at a time, while the caller starts on the first.
     Left to itself, a pool grows one connection at a time as its clients
     wait, and against a distant server each costs round trips and a TLS
     handshake: the 8th shard of a pass would start 8 of them late.
     """
-    probe(pool)
+    pool_log = logging.getLogger("psycopg.pool")
+    quiet = _QuietWhileOpening(pool.name)
+    pool_log.addFilter(quiet)  # the error is raised below; the pool's warning would say it twice
     try:
-        pool.open(wait=True, timeout=timeout_seconds)
-    except PoolTimeout as exc:  # its own message ("pool initialization incomplete") says less
-        raise DatabaseError(
-            f"database: cannot connect: no connection within {timeout_seconds:g} s (the log has each attempt's error)"
-        ) from exc
+        pool.open(wait=False)
+        _wait_for_first(pool, timeout_seconds)
+    except BaseException:
+        pool.close()
+        raise
+    finally:
+        pool_log.removeFilter(quiet)
     if connections > pool.min_size:
         pool.resize(min(connections, pool.max_size), pool.max_size)
+
+
+_OPEN_POLL_SECONDS = 0.005
+
+
+def _wait_for_first(pool: ConnectionPool, timeout_seconds: float) -> None:
+    if pool.min_size < 1:
+        return  # nothing connects until asked
+    deadline = time.monotonic() + timeout_seconds
+    errors_seen = 0
+    while True:
+        stats = pool.get_stats()
+        if stats.get("pool_available", 0) >= 1:  # nobody else uses the pool yet
+            return
+        errors = stats.get("connections_errors", 0)
+        if errors > errors_seen:
+            errors_seen = errors
+            probe(pool)  # raises the cause; if it connects, the failure passed: wait on
+        if time.monotonic() >= deadline:
+            raise DatabaseError(
+                f"database: cannot connect: no connection within {timeout_seconds:g} s"
+            )
+        time.sleep(_OPEN_POLL_SECONDS)
+
+
+class _QuietWhileOpening(logging.Filter):
+    """Drops one pool's "error connecting" warnings while ``open_pool`` waits."""
+
+    def __init__(self, pool_name: str) -> None:
+        super().__init__()
+        self._pool_name = pool_name
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        args = record.args if isinstance(record.args, tuple) else ()
+        return not (str(record.msg).startswith("error connecting") and args[:1] == (self._pool_name,))
 
 
 # --- named queries -------------------------------------------------------------
