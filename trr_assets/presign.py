@@ -14,7 +14,7 @@ URLs are SigV4 query-signed here rather than by botocore, whose
 endpoint. ``QuerySigner`` asks botocore once per bucket where the bucket
 lives (URL prefix, host, signing region) and then signs each URL itself with
 a per-day signing key; the result is byte for byte what botocore would make
-(tests/test_presign_sigv4.py proves it). The S3 client and its credentials
+(tests/presign/test_presign_sigv4.py proves it). The S3 client and its credentials
 still come from boto3 (``storage.make_client``), so profiles, roles and
 refreshing credentials keep working.
 
