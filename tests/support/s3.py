@@ -29,6 +29,16 @@ FAKE_AWS = {
 }
 
 
+def static_aws_credentials(env: pytest.MonkeyPatch) -> None:
+    """Fixed fake credentials, and no profile, endpoint or token from the machine."""
+    for name in ("AWS_PROFILE", "AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_S3", "AWS_SESSION_TOKEN"):
+        env.delenv(name, raising=False)
+    env.setenv("AWS_ACCESS_KEY_ID", AWS_KEY_ID)
+    env.setenv("AWS_SECRET_ACCESS_KEY", AWS_SECRET)
+    env.setenv("AWS_CONFIG_FILE", FAKE_AWS["AWS_CONFIG_FILE"])
+    env.setenv("AWS_SHARED_CREDENTIALS_FILE", FAKE_AWS["AWS_SHARED_CREDENTIALS_FILE"])
+
+
 @pytest.fixture
 def aws_env(monkeypatch: pytest.MonkeyPatch) -> None:
     """Fake, fixed AWS credentials; nothing from the developer's machine leaks in."""
