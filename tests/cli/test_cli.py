@@ -11,7 +11,9 @@ from trr_assets.cli import main
 
 
 def _run(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
-    full_env = {k: v for k, v in os.environ.items() if not k.startswith(("TRR_ASSETS_", "AWS_")) and k != "DATABASE_URL"}
+    full_env = {
+        k: v for k, v in os.environ.items() if not k.startswith(("TRR_ASSETS_", "AWS_")) and k != "DATABASE_URL"
+    }
     full_env.update(env or {})
     return subprocess.run(
         [sys.executable, "-m", "trr_assets", *args], capture_output=True, text=True, env=full_env, timeout=60

@@ -145,6 +145,9 @@ def test_example_config_is_complete_and_valid():
 
 def test_importing_config_is_cheap():
     """config imports none of boto3, psycopg or APScheduler (the presigner loads it)."""
-    code = "import sys, trr_assets.config; print(sorted(m for m in ('boto3','botocore','psycopg','apscheduler') if m in sys.modules))"
+    code = (
+        "import sys, trr_assets.config;"
+        " print(sorted(m for m in ('boto3','botocore','psycopg','apscheduler') if m in sys.modules))"
+    )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "[]"

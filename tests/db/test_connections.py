@@ -8,7 +8,8 @@ from __future__ import annotations
 
 import pytest
 
-from tests.reconcile.helpers import plant, run as run_reconcile
+from tests.reconcile.helpers import plant
+from tests.reconcile.helpers import run as run_reconcile
 from tests.support.far_database import far_database
 from tests.support.postgres import make_show
 from tests.support.s3 import make_settings

@@ -72,10 +72,14 @@ def test_service_role_claim_alone_writes_through_the_policies(conn, asset):
     conn.execute("alter role service_role nobypassrls")
     try:
         with as_role(conn, "service_role", {"role": "service_role"}):
-            conn.execute("insert into core.show_assets (show_id, bucket, object_key) values (%s, 'b', 'shows/z')", (show,))
+            conn.execute(
+                "insert into core.show_assets (show_id, bucket, object_key) values (%s, 'b', 'shows/z')", (show,)
+            )
         with pytest.raises(psycopg.errors.InsufficientPrivilege):
             with as_role(conn, "service_role", {"role": "authenticated"}):
-                conn.execute("insert into core.show_assets (show_id, bucket, object_key) values (%s, 'b', 'shows/w')", (show,))
+                conn.execute(
+                    "insert into core.show_assets (show_id, bucket, object_key) values (%s, 'b', 'shows/w')", (show,)
+                )
     finally:
         conn.execute("alter role service_role bypassrls")
 

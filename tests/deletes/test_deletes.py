@@ -11,23 +11,29 @@ import psycopg
 import pytest
 import structlog
 
-from tests.deletes.helpers import add_asset, add_rows, DeleteCalls, object_body, object_exists, queue, refuse_keys
+from tests.deletes.helpers import DeleteCalls, add_asset, add_rows, object_body, object_exists, queue, refuse_keys
 from tests.support.postgres import as_role, make_show
-from tests.support.s3 import make_settings, TEST_BUCKET
+from tests.support.s3 import TEST_BUCKET, make_settings
 from trr_assets import cli, deletes, storage
 
 # --- every delete path enqueues ------------------------------------------------
 
 
 def test_app_delete_by_id_as_service_role_ends_with_object_gone(conn, settings, s3):
-    """The app's `delete from core.show_assets where id = ...` (service role, RLS on) queues the object; a drain deletes it."""
+    """The app's `delete from core.show_assets where id = ...` (service role, RLS on) queues the object; a drain
+    deletes it."""
     show = make_show(conn)
     asset, key = add_asset(conn, s3, show, "a.jpg")
     keep, kept_key = add_asset(conn, s3, show, "b.jpg")
     with as_role(conn, "service_role"):
         conn.execute("delete from core.show_assets where id = %s", (asset,))
     [entry] = queue(conn)
-    assert (entry["bucket"], entry["object_key"], entry["asset_id"], entry["state"]) == (TEST_BUCKET, key, asset, "pending")
+    assert (entry["bucket"], entry["object_key"], entry["asset_id"], entry["state"]) == (
+        TEST_BUCKET,
+        key,
+        asset,
+        "pending",
+    )
 
     report = deletes.drain(settings)
 
@@ -146,7 +152,8 @@ def test_each_bucket_gets_its_own_request(conn, db_url, aws_env, s3):
 
 
 def test_key_that_xml_cannot_carry_does_not_fail_its_batch(conn, settings, s3):
-    """A key with a control character (invalid in XML) is deleted alone; the rest of its batch still goes out together."""
+    """A key with a control character (invalid in XML) is deleted alone; the rest of its batch still goes out
+    together."""
     show = make_show(conn)
     _, plain = add_asset(conn, s3, show, "plain.jpg")
     _, odd = add_asset(conn, s3, show, "odd\x01name.jpg")
@@ -162,7 +169,8 @@ def test_key_that_xml_cannot_carry_does_not_fail_its_batch(conn, settings, s3):
 
 
 def test_per_key_error_is_retried_with_stored_backoff_while_others_complete(conn, db_url, aws_env, s3):
-    """A key S3 refuses stays queued with attempts+1, last_error and next_attempt_at = now + base * 2^(n-1); the others complete."""
+    """A key S3 refuses stays queued with attempts+1, last_error and next_attempt_at = now + base * 2^(n-1); the others
+    complete."""
     settings = make_settings(db_url, deletes={"backoff_base_seconds": 30, "backoff_max_seconds": 100})
     show = make_show(conn)
     keys = [add_asset(conn, s3, show, f"{i}.jpg")[1] for i in range(4)]
@@ -201,7 +209,8 @@ def test_per_key_error_is_retried_with_stored_backoff_while_others_complete(conn
 
 
 def test_max_attempts_ends_in_failed_reported_entry_then_requeue_completes_it(conn, db_url, aws_env, s3):
-    """At max_attempts the entry is marked failed, logged and counted; it is not retried until requeued, then it completes."""
+    """At max_attempts the entry is marked failed, logged and counted; it is not retried until requeued, then it
+    completes."""
     settings = make_settings(db_url, deletes={"max_attempts": 2, "backoff_base_seconds": 0})
     show = make_show(conn)
     _, key = add_asset(conn, s3, show, "stuck.jpg")
@@ -230,7 +239,8 @@ def test_max_attempts_ends_in_failed_reported_entry_then_requeue_completes_it(co
 
 
 def test_whole_request_failure_counts_an_attempt_for_each_of_its_keys(conn, settings, s3):
-    """A DeleteObjects request that fails as a whole (here: no such bucket) costs each of its keys one attempt; other buckets' keys complete."""
+    """A DeleteObjects request that fails as a whole (here: no such bucket) costs each of its keys one attempt; other
+    buckets' keys complete."""
     show = make_show(conn)
     _, good = add_asset(conn, s3, show, "good.jpg")
     conn.execute(
@@ -297,7 +307,8 @@ def test_update_moving_a_row_onto_a_queued_key_cancels_its_deletion(conn, settin
 
 
 def test_entry_whose_key_has_a_row_is_completed_without_deleting_the_object(conn, settings, s3):
-    """Defence in depth: if a row exists for a queued key (triggers bypassed), the drain skips the S3 delete and drops the entry."""
+    """Defence in depth: if a row exists for a queued key (triggers bypassed), the drain skips the S3 delete and drops
+    the entry."""
     show = make_show(conn)
     asset, key = add_asset(conn, s3, show, "a.jpg")
     conn.execute("delete from core.show_assets where id = %s", (asset,))
@@ -348,7 +359,8 @@ def test_versioned_bucket_default_leaves_a_delete_marker(conn, settings, version
 
 
 def test_versioned_bucket_all_versions_removes_every_version_and_marker(conn, db_url, aws_env, versioned):
-    """deletes.all_versions = true: every version and delete marker of exactly that key is removed; a key it prefixes is not."""
+    """deletes.all_versions = true: every version and delete marker of exactly that key is removed; a key it prefixes
+    is not."""
     settings = make_settings(db_url, deletes={"all_versions": True})
     show = make_show(conn)
     asset, key = add_asset(conn, versioned, show, "a.jpg", body=b"v1")
@@ -510,7 +522,8 @@ def test_database_errors_are_wrapped(settings, s3):
 
 
 def test_process_deletes_cli_exits_1_when_s3_refuses_and_keeps_the_entry(conn, s3, cli_env, capsys):
-    """When S3 refuses deletions in a run, process-deletes still prints its JSON, exits 1, and the entry stays queued."""
+    """When S3 refuses deletions in a run, process-deletes still prints its JSON, exits 1, and the entry stays
+    queued."""
     show = make_show(conn)
     conn.execute(
         "insert into core.show_assets (show_id, bucket, object_key) values (%s, 'trr-no-such-bucket', 'shows/x/1')",

@@ -10,9 +10,9 @@ from typing import Any
 import psycopg
 import pytest
 
-from tests.deletes.helpers import add_asset, add_rows, DeleteCalls, object_body, object_exists, queue
+from tests.deletes.helpers import DeleteCalls, add_asset, add_rows, object_body, object_exists, queue
 from tests.support.postgres import make_show, wait_for_lock_wait
-from tests.support.s3 import make_settings, TEST_BUCKET
+from tests.support.s3 import TEST_BUCKET, make_settings
 from trr_assets import deletes, storage
 from trr_assets.errors import DatabaseError
 
@@ -20,7 +20,8 @@ WAIT_SECONDS = 30  # seconds; only a bound on waiting for a condition, never ass
 
 
 def test_drain_interrupted_between_s3_and_commit_completes_on_next_run(conn, settings, s3):
-    """The drain's connection dies after S3 confirmed but before the commit: the entry stays, and the next drain completes it."""
+    """The drain's connection dies after S3 confirmed but before the commit: the entry stays, and the next drain
+    completes it."""
     show = make_show(conn)
     asset, key = add_asset(conn, s3, show, "a.jpg")
     conn.execute("delete from core.show_assets where id = %s", (asset,))
@@ -101,7 +102,8 @@ def test_reupload_during_drain_waits_for_the_drain_and_the_new_object_survives(c
 
 
 def test_concurrent_drains_delete_each_key_exactly_once(conn, db_url, aws_env, s3):
-    """Two drains running at once take disjoint batches (SKIP LOCKED): every key is sent to S3 once, none twice, none left."""
+    """Two drains running at once take disjoint batches (SKIP LOCKED): every key is sent to S3 once, none twice, none
+    left."""
     settings = make_settings(db_url, deletes={"batch_size": 50})
     show = make_show(conn)
     keys = add_rows(conn, show, 300)

@@ -194,7 +194,9 @@ def test_list_objects_paginates_and_honours_the_range(s3):
     client = storage.make_client(S3Settings())
     everything = list(storage.list_objects(client, TEST_BUCKET, prefix="shows/"))
     assert [o.key for o in everything] == [f"shows/{i:05d}" for i in range(2100)]
-    part = list(storage.list_objects(client, TEST_BUCKET, prefix="shows/", start_at="shows/01000", stop_before="shows/01500"))
+    part = list(
+        storage.list_objects(client, TEST_BUCKET, prefix="shows/", start_at="shows/01000", stop_before="shows/01500")
+    )
     assert [o.key for o in part] == [f"shows/{i:05d}" for i in range(1000, 1500)]
 
 

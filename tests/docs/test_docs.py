@@ -42,7 +42,9 @@ def test_every_test_docs_guarantees_cites_exists():
         for path in tests.rglob("test_*.py")
     }
     cited, missing, current = 0, [], None
-    for path, name in re.findall(r"`((?:\w+/)*test_\w+\.py)?(?:::(\w+))?`", (ROOT / "docs" / "guarantees.md").read_text()):
+    for path, name in re.findall(
+        r"`((?:\w+/)*test_\w+\.py)?(?:::(\w+))?`", (ROOT / "docs" / "guarantees.md").read_text()
+    ):
         current = path or current
         if path and path not in defined:
             missing.append(path)

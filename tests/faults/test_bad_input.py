@@ -21,7 +21,7 @@ import pytest
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
-from tests.support.moto_server import moto_auth, S3Server
+from tests.support.moto_server import S3Server, moto_auth
 from tests.support.postgres import make_show
 from tests.support.processes import child_env, run_cli, stdout_json
 from tests.support.s3 import TEST_BUCKET
@@ -328,7 +328,8 @@ def test_s3_endpoint_that_refuses_connections_fails_in_one_line(conn, db_url, aw
 
 
 def test_bucket_name_s3_cannot_take_is_named_in_the_error(conn, db_url, s3_server):
-    """`sync --bucket` with a name S3 would never accept (here, SQL) fails that bucket naming why; nothing else is touched."""
+    """`sync --bucket` with a name S3 would never accept (here, SQL) fails that bucket naming why; nothing else is
+    touched."""
     before = _tables_intact(conn)
     env = child_env(db_url, s3_server.endpoint)
     result = run_cli("sync", "--bucket", HOSTILE[0], env=env)

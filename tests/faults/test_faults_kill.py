@@ -12,11 +12,9 @@ with no lost deletion and no duplicate row.
 
 from __future__ import annotations
 
-
 import pytest
 
 from tests.faults.helpers import add_asset, queue, row_keys
-from tests.support.moto_server import S3Server
 from tests.support.postgres import make_show
 from tests.support.processes import child_env, killed, run_cli, run_cli_killed_at, stdout_json, wait_for_sessions_to_end
 from tests.support.s3 import TEST_BUCKET

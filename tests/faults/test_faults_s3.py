@@ -103,7 +103,9 @@ def _sync_settings(server: S3Server, db_url: str) -> Settings:
     )
 
 
-def test_sync_under_throttling_retries_completes_and_the_next_run_has_nothing_to_do(conn, db_url, s3_server, quick_backoff):
+def test_sync_under_throttling_retries_completes_and_the_next_run_has_nothing_to_do(
+    conn, db_url, s3_server, quick_backoff
+):
     """Every 3rd listing page and HEAD gets 503/500 twice: botocore retries each, the pass completes, every row is
     right; a fault-free pass then writes nothing and reconcile finds no drift."""
     keys = _plant_objects(conn, s3_server, shows=3, per_show=15)
@@ -127,7 +129,9 @@ def test_sync_under_throttling_retries_completes_and_the_next_run_has_nothing_to
     _assert_consistent(conn, s3_server, settings)
 
 
-def test_sync_when_s3_keeps_failing_fails_the_bucket_cleanly_and_the_next_run_converges(conn, db_url, s3_server, quick_backoff):
+def test_sync_when_s3_keeps_failing_fails_the_bucket_cleanly_and_the_next_run_converges(
+    conn, db_url, s3_server, quick_backoff
+):
     """HEADs that fail every try fail the bucket (one line in `failed`); the rows written are whole and right;
     the next, fault-free pass writes the rest and reconcile finds no drift."""
     keys = _plant_objects(conn, s3_server, shows=2, per_show=20)
@@ -155,7 +159,9 @@ def test_sync_when_s3_keeps_failing_fails_the_bucket_cleanly_and_the_next_run_co
 
 
 def _queue(conn: psycopg.Connection[Any]) -> list[tuple[str, str, int]]:
-    return conn.execute("select object_key, state, attempts from trr_assets.delete_queue order by object_key").fetchall()
+    return conn.execute(
+        "select object_key, state, attempts from trr_assets.delete_queue order by object_key"
+    ).fetchall()
 
 
 def _queued_deletions(conn: psycopg.Connection[Any], server: S3Server, count: int) -> tuple[list[str], list[str]]:
@@ -166,7 +172,8 @@ def _queued_deletions(conn: psycopg.Connection[Any], server: S3Server, count: in
         key = f"shows/{show}/{i:04d}.jpg"
         etag = server.put(key, key.encode())
         conn.execute(
-            "insert into core.show_assets (show_id, bucket, object_key, size_bytes, checksum) values (%s, %s, %s, %s, %s)",
+            "insert into core.show_assets (show_id, bucket, object_key, size_bytes, checksum)"
+            " values (%s, %s, %s, %s, %s)",
             (show, TEST_BUCKET, key, len(key.encode()), etag),
         )
         (gone if i < count else kept).append(key)
@@ -220,7 +227,12 @@ def test_drain_when_s3_keeps_failing_loses_nothing_and_the_next_run_converges(co
 
 def _plant_drift(conn: psycopg.Connection[Any], server: S3Server) -> dict[str, set[str]]:
     """In sync, orphaned objects, orphaned rows and mismatches, 6 of each, across 2 shows."""
-    planted: dict[str, set[str]] = {"in_sync": set(), "orphaned_object": set(), "orphaned_row": set(), "mismatch": set()}
+    planted: dict[str, set[str]] = {
+        "in_sync": set(),
+        "orphaned_object": set(),
+        "orphaned_row": set(),
+        "mismatch": set(),
+    }
     for _ in range(2):
         show = make_show(conn)
         for i in range(3):

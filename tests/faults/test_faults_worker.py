@@ -21,9 +21,9 @@ from tests.faults.helpers import add_asset, queue, row_keys, thousand_assets
 from tests.support.moto_server import S3Server
 from tests.support.postgres import make_show
 from tests.support.processes import (
+    Process,
     child_env,
     killed,
-    Process,
     run_cli,
     run_cli_killed_at,
     stdout_json,
@@ -91,7 +91,9 @@ def test_worker_killed_mid_sync_restarts_and_converges(conn, db_url, s3_server, 
     assert not worker.events("job_failed")
 
 
-def test_worker_killed_between_s3_and_the_drains_commit_loses_no_deletion(conn, db_url, s3_server, tmp_path, monkeypatch):
+def test_worker_killed_between_s3_and_the_drains_commit_loses_no_deletion(
+    conn, db_url, s3_server, tmp_path, monkeypatch
+):
     """SIGKILL after S3 answered the worker's 2nd DeleteObjects, before its commit: those entries are still
     queued; a restarted worker deletes every queued object (each removed from S3 once), and no other."""
     server_deletes = ServerDeletes(monkeypatch)
@@ -159,7 +161,9 @@ def test_worker_killed_mid_repair_restarts_and_converges(conn, db_url, s3_server
     assert run_cli("reconcile", "--exit-code", env=env).returncode == 0
 
 
-def test_two_workers_and_an_operators_delete_delete_each_object_exactly_once(conn, db_url, s3_server, tmp_path, monkeypatch):
+def test_two_workers_and_an_operators_delete_delete_each_object_exactly_once(
+    conn, db_url, s3_server, tmp_path, monkeypatch
+):
     """1,000 assets: 600 rows deleted by SQL for two running workers to drain, while an operator runs
     `trr-assets delete` on 200 more. Every one of the 800 objects is deleted by S3 exactly once, whoever asked;
     the 200 assets left alone keep their objects, never sent for deletion."""

@@ -62,7 +62,9 @@ def test_row_deleted_before_a_sync_stays_deleted_then_its_object_goes_for_good(c
     assert not reconcile.run(settings, ReconcileOptions(), sink=found.append).drift and found == []
 
 
-def test_two_drains_and_an_operators_delete_at_once_delete_each_object_exactly_once(conn, db_url, s3_server, monkeypatch):
+def test_two_drains_and_an_operators_delete_at_once_delete_each_object_exactly_once(
+    conn, db_url, s3_server, monkeypatch
+):
     """1,000 assets: 600 rows deleted by SQL, then two drains and `delete` of 200 more ids, all three holding
     batches in S3 at the same moment. Every object whose row is gone is deleted by S3 exactly once (counted by the
     S3 server, whoever sent it); the 200 assets that keep their rows keep their objects and were never sent."""

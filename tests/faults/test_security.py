@@ -23,7 +23,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from psycopg.conninfo import make_conninfo
 
-from tests.support.moto_server import moto_auth, S3Server
+from tests.support.moto_server import S3Server, moto_auth
 from tests.support.postgres import as_role, make_show
 from tests.support.processes import child_env, run_cli
 from tests.support.s3 import AWS_SECRET, TEST_BUCKET
@@ -112,13 +112,17 @@ def test_service_role_writes_every_seed_table(conn, seeded):
     with as_role(conn, "service_role"):
         org = conn.execute("insert into core.organizations (name) values ('new') returning id").fetchone()[0]
         conn.execute("insert into core.org_memberships (org_id, user_id) values (%s, %s)", (org, user))
-        show = conn.execute("insert into core.shows (title, org_id) values ('s', %s) returning id", (org,)).fetchone()[0]
+        show = conn.execute("insert into core.shows (title, org_id) values ('s', %s) returning id", (org,)).fetchone()[
+            0
+        ]
         conn.execute("insert into core.show_social_profiles (show_id, platform, handle) values (%s, 'y', 'z')", (show,))
         for table, key in (("organizations", "id"), ("shows", "id")):
             assert conn.execute(f"update core.{table} set updated_at = now() where {key} = %s",
                                 (org if table == "organizations" else show,)).rowcount == 1
         assert conn.execute("update core.org_memberships set role = 'admin' where user_id = %s", (user,)).rowcount == 1
-        assert conn.execute("update core.show_social_profiles set handle = 'w' where show_id = %s", (show,)).rowcount == 1
+        assert (
+            conn.execute("update core.show_social_profiles set handle = 'w' where show_id = %s", (show,)).rowcount == 1
+        )
         assert conn.execute("delete from core.show_social_profiles where show_id = %s", (show,)).rowcount == 1
         assert conn.execute("delete from core.shows where id = %s", (show,)).rowcount == 1
         assert conn.execute("delete from core.org_memberships where user_id = %s", (user,)).rowcount == 1

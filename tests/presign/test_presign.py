@@ -20,7 +20,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from tests.support.postgres import make_show
-from tests.support.s3 import make_settings, TEST_BUCKET
+from tests.support.s3 import TEST_BUCKET, make_settings
 from trr_assets import cli, db, storage
 from trr_assets.config import DatabaseSettings, Settings
 from trr_assets.errors import ConfigError, DatabaseError, TrrAssetsError
@@ -164,7 +164,8 @@ def test_malformed_ids(presigner, conn):
 
 
 def test_get_urls_returns_the_visible_ids_keyed_as_given(presigner, conn, org_read):
-    """A batch mixing UUIDs, strings in either case, unknown and invisible ids returns the visible ones under the given keys."""
+    """A batch mixing UUIDs, strings in either case, unknown and invisible ids returns the visible ones under the given
+    keys."""
     public_show = make_show(conn)
     conn.execute("update core.shows set org_id = (select org_id from core.shows where id = %s) where id = %s",
                  (org_read["show"], public_show))
@@ -309,8 +310,11 @@ def test_upload_refused_for_callers_rls_does_not_let_write(presigner, conn):
 
 
 def test_upload_refused_for_size_type_and_unknown_show(db_url, aws_env, conn):
-    """Too large, a type outside the allow-list, or no such show: UploadRefused and no row; malformed arguments: ValueError."""
-    settings = make_settings(db_url, presign={"max_upload_bytes": 1000, "allowed_content_types": ["image/*", "video/mp4"]})
+    """Too large, a type outside the allow-list, or no such show: UploadRefused and no row; malformed arguments:
+    ValueError."""
+    settings = make_settings(
+        db_url, presign={"max_upload_bytes": 1000, "allowed_content_types": ["image/*", "video/mp4"]}
+    )
     show = make_show(conn)
     ok = {"show_id": show, "filename": "a.png", "content_type": "image/png", "size_bytes": 1000}
     with Presigner(settings) as presigner:

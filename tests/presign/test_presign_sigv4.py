@@ -82,7 +82,9 @@ def _random_key(rng: random.Random) -> str:
             return key
 
 
-def _botocore_url(client: Any, method: str, bucket: str, key: str, expires: int, put_headers: tuple[str, int] | None) -> str:
+def _botocore_url(
+    client: Any, method: str, bucket: str, key: str, expires: int, put_headers: tuple[str, int] | None
+) -> str:
     params: dict[str, Any] = {"Bucket": bucket, "Key": key}
     if put_headers is not None:
         params["ContentType"], params["ContentLength"] = put_headers
@@ -153,7 +155,8 @@ def _botocore_canonical_request(client: Any, **params: Any) -> str:
 
 
 def test_put_canonical_request_binds_content_type_and_length(clients):
-    """A PUT signs content-length and content-type as headers (as botocore does); changing either changes the signature."""
+    """A PUT signs content-length and content-type as headers (as botocore does); changing either changes the
+    signature."""
     client = clients[(0, False)]
     signer = QuerySigner(client)
     when = dt.datetime(2024, 1, 2, 3, 4, 5)
@@ -163,7 +166,9 @@ def test_put_canonical_request_binds_content_type_and_length(clients):
         oracle = _botocore_canonical_request(
             client, Bucket="trr-assets", Key="a b.png", ContentType="image/png", ContentLength=42
         )
-    ours = signer.canonical_request("PUT", "trr-assets", "a b.png", content_type="image/png", content_length=42, **common)
+    ours = signer.canonical_request(
+        "PUT", "trr-assets", "a b.png", content_type="image/png", content_length=42, **common
+    )
     assert ours == oracle
     lines = ours.split("\n")
     assert lines[0] == "PUT" and lines[1] == "/a%20b.png"
@@ -191,7 +196,8 @@ def test_get_canonical_request_signs_only_the_host(clients):
 
 
 def test_refreshed_credentials_are_used_for_the_next_url(clients):
-    """When the client's refreshable credentials rotate, the signer signs with the new ones (and still matches botocore)."""
+    """When the client's refreshable credentials rotate, the signer signs with the new ones (and still matches
+    botocore)."""
     client = storage.make_client(S3Settings())
     generation = iter(range(1, 1000))
 
@@ -258,7 +264,9 @@ def test_cache_window_makes_the_same_url_for_the_whole_window(aws_env):
         assert presigner.url_for_key("trr-assets", "shows/a/b.png") == first
         query = parse_qs(urlsplit(first).query)
         window_start = 1_700_000_123 - 1_700_000_123 % 3600
-        assert query["X-Amz-Date"] == [dt.datetime.fromtimestamp(window_start, dt.timezone.utc).strftime("%Y%m%dT%H%M%SZ")]
+        assert query["X-Amz-Date"] == [
+            dt.datetime.fromtimestamp(window_start, dt.timezone.utc).strftime("%Y%m%dT%H%M%SZ")
+        ]
         assert query["X-Amz-Expires"] == ["4500"]
         now[0] = window_start + 3600
         assert presigner.url_for_key("trr-assets", "shows/a/b.png") != first

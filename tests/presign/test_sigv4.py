@@ -99,7 +99,8 @@ KEYS = st.text(min_size=1, max_size=120).filter(lambda k: len(k.encode()) <= 102
 )
 def test_signed_headers_are_byte_identical_to_botocore(clients, variant, bucket, key, access_key,
                                                        secret_key, token, when):
-    """A HEAD of any key, with any credentials, token, endpoint and region: same URL and signed headers as botocore sends."""
+    """A HEAD of any key, with any credentials, token, endpoint and region: same URL and signed headers as botocore
+    sends."""
     when = when.replace(microsecond=0)
     client = clients[variant]
     _with_credentials(client, access_key, secret_key, token)
@@ -116,7 +117,8 @@ def test_a_head_signs_the_host_the_empty_payload_the_date_and_the_token(clients)
     """The Authorization names its scope and signed headers as S3 expects them."""
     client = clients[(3, "eu-west-1")]
     _with_credentials(client, "AKIAEXAMPLE", "secret", "a-token")
-    signed = HeaderSigner(client, credentials_ttl=0).sign("HEAD", "trr-assets", "shows/a b.png", signed_at=1_700_000_000)
+    signer = HeaderSigner(client, credentials_ttl=0)
+    signed = signer.sign("HEAD", "trr-assets", "shows/a b.png", signed_at=1_700_000_000)
     assert signed.url == "http://127.0.0.1:9000/trr-assets/shows/a%20b.png"
     assert signed.headers["X-Amz-Date"] == "20231114T221320Z"
     assert signed.headers["X-Amz-Content-SHA256"] == EMPTY_SHA256

@@ -20,7 +20,9 @@ from trr_assets.reconcile import ReconcileOptions, ReconcileSummary
 LONG_AGO = datetime.now(timezone.utc) - timedelta(days=30)
 
 
-def put(s3: Any, key: str, body: bytes = b"data", *, bucket: str = TEST_BUCKET, content_type: str = "image/jpeg") -> str:
+def put(
+    s3: Any, key: str, body: bytes = b"data", *, bucket: str = TEST_BUCKET, content_type: str = "image/jpeg"
+) -> str:
     """Upload an object; return its ETag without quotes."""
     reply = s3.put_object(Bucket=bucket, Key=key, Body=body, ContentType=content_type)
     return reply["ETag"].strip('"')

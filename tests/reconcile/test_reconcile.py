@@ -8,10 +8,10 @@ import botocore.exceptions
 import pytest
 
 from tests.reconcile.helpers import (
+    LONG_AGO,
     add_row,
     enqueue,
     keys_of,
-    LONG_AGO,
     object_keys,
     plant,
     put,
@@ -20,7 +20,7 @@ from tests.reconcile.helpers import (
     run,
 )
 from tests.support.postgres import make_show
-from tests.support.s3 import make_settings, TEST_BUCKET
+from tests.support.s3 import TEST_BUCKET, make_settings
 from trr_assets import diff, reconcile, storage
 from trr_assets.errors import DatabaseError
 from trr_assets.reconcile import ReconcileOptions

@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 
 from tests.reconcile.helpers import add_row, keys_of, object_keys, plant, put, row_keys, run
-from tests.support.s3 import make_settings, TEST_BUCKET
+from tests.support.s3 import TEST_BUCKET, make_settings
 from trr_assets import reconcile
 from trr_assets.errors import UsageError
 

@@ -136,4 +136,6 @@ def wait_for_lock_wait(conn: psycopg.Connection[Any], application_name: str, *, 
         ).fetchone()
         return bool(row and row[0])
 
-    wait_for(waiting, timeout_seconds=timeout_seconds, what=f"{application_name} to wait for a lock", interval_seconds=0.02)
+    wait_for(
+        waiting, timeout_seconds=timeout_seconds, what=f"{application_name} to wait for a lock", interval_seconds=0.02
+    )

@@ -28,7 +28,10 @@ ERROR_BODY = (
     '<?xml version="1.0" encoding="UTF-8"?>'
     "<Error><Code>{code}</Code><Message>{message}</Message><RequestId>injected</RequestId></Error>"
 )
-FAULTS = {503: ("SlowDown", "Please reduce your request rate."), 500: ("InternalError", "We encountered an internal error.")}
+FAULTS = {
+    503: ("SlowDown", "Please reduce your request rate."),
+    500: ("InternalError", "We encountered an internal error."),
+}
 
 
 class RawBody:

@@ -12,7 +12,7 @@ import botocore.exceptions
 import psycopg
 
 from tests.support.postgres import wait_for_lock_wait
-from tests.support.s3 import make_settings, TEST_BUCKET
+from tests.support.s3 import TEST_BUCKET, make_settings
 from trr_assets import sync
 from trr_assets.config import Settings
 from trr_assets.storage import ObjectInfo

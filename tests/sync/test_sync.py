@@ -7,11 +7,10 @@ import uuid
 
 import structlog
 
-from trr_assets import sync
-
 from tests.support.postgres import make_show
 from tests.support.s3 import TEST_BUCKET
 from tests.sync.helpers import HeadCounter, put, rows, run, show_key, sync_settings, versions
+from trr_assets import sync
 
 
 def test_first_sync_inserts_rows_with_object_metadata(conn, db_url, s3):

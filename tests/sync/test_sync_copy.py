@@ -10,9 +10,6 @@ import psycopg
 import pytest
 import structlog
 
-from trr_assets import sync
-from trr_assets.errors import StorageError
-from trr_assets.storage import ObjectInfo
 from tests.support.postgres import make_show
 from tests.support.s3 import TEST_BUCKET
 from tests.sync.helpers import (
@@ -25,6 +22,9 @@ from tests.sync.helpers import (
     sync_settings,
     upsert_blocked_until_commit,
 )
+from trr_assets import sync
+from trr_assets.errors import StorageError
+from trr_assets.storage import ObjectInfo
 
 
 def _objects(s3: Any, show: uuid.UUID, count: int) -> list[ObjectInfo]:
@@ -69,7 +69,8 @@ def test_a_row_that_appeared_since_the_merge_sends_the_batch_through_the_upsert(
     objects = _objects(s3, show, 4)
     taken = objects[2]
     conn.execute(
-        "insert into core.show_assets (show_id, bucket, object_key, size_bytes, checksum) values (%s, %s, %s, 1, 'old')",
+        "insert into core.show_assets (show_id, bucket, object_key, size_bytes, checksum)"
+        " values (%s, %s, %s, 1, 'old')",
         (show, TEST_BUCKET, taken.key),
     )
     settings = sync_settings(db_url)
@@ -92,7 +93,8 @@ def test_copy_never_re_creates_a_key_whose_deletion_is_queued(conn, db_url, s3, 
     queued = objects[1]
     settings = sync_settings(db_url)
     conn.execute(
-        "insert into core.show_assets (show_id, bucket, object_key) values (%s, %s, %s)", (show, TEST_BUCKET, queued.key)
+        "insert into core.show_assets (show_id, bucket, object_key) values (%s, %s, %s)",
+        (show, TEST_BUCKET, queued.key),
     )
     conn.execute("delete from core.show_assets where object_key = %s", (queued.key,))  # queues its deletion
 
@@ -151,7 +153,8 @@ def test_copy_waits_for_an_uncommitted_row_of_the_same_key_then_upserts(conn, db
 
     with psycopg.connect(db_url) as other:
         other.execute(
-            "insert into core.show_assets (show_id, bucket, object_key, size_bytes, checksum) values (%s, %s, %s, 1, 'x')",
+            "insert into core.show_assets (show_id, bucket, object_key, size_bytes, checksum)"
+            " values (%s, %s, %s, 1, 'x')",
             (show, TEST_BUCKET, objects[0].key),
         )
         counts = upsert_blocked_until_commit(conn, other, db_url, lambda writer: sync.upsert_objects(

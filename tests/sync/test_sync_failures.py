@@ -10,12 +10,8 @@ import psycopg
 import pytest
 import structlog
 
-from trr_assets import cli, sync
-from trr_assets.config import Settings
-from trr_assets.errors import DatabaseError, StorageError
-from trr_assets.storage import ObjectInfo
 from tests.support.postgres import make_show
-from tests.support.s3 import make_settings, TEST_BUCKET
+from tests.support.s3 import TEST_BUCKET, make_settings
 from tests.sync.helpers import (
     FailingHeads,
     object_info,
@@ -26,6 +22,10 @@ from tests.sync.helpers import (
     sync_settings,
     upsert_blocked_until_commit,
 )
+from trr_assets import cli, sync
+from trr_assets.config import Settings
+from trr_assets.errors import DatabaseError, StorageError
+from trr_assets.storage import ObjectInfo
 
 MISSING_BUCKET = "trr-test-no-such-bucket"
 

@@ -13,11 +13,11 @@ from typing import Any
 
 import psycopg
 
-from trr_assets import sync
-from trr_assets.storage import ObjectInfo
 from tests.support.postgres import make_show
 from tests.support.s3 import TEST_BUCKET
 from tests.sync.helpers import object_info, put, rows, show_key, sync_settings
+from trr_assets import sync
+from trr_assets.storage import ObjectInfo
 
 
 class _UnevenHeads:
@@ -70,7 +70,7 @@ def test_heads_in_runs_come_back_in_listing_order_one_head_per_object(s3):
     answers, tasks = _heads(client, todo, 4, 4)
 
     assert [row.key for row in answers] == [obj.key for obj, _ in todo]
-    assert all(row.show_id == show and row.size == obj.size for row, (obj, show) in zip(answers, todo))
+    assert all(row.show_id == show and row.size == obj.size for row, (obj, show) in zip(answers, todo, strict=True))
     assert client.asked == {obj.key: 1 for obj, _ in todo}
     assert tasks < len(todo)
 

@@ -240,8 +240,11 @@ def test_once_runs_every_job_once_in_order_and_exits_1_when_one_failed(fast_sett
 
         return run
 
-    jobs = [_job(step("sync"), name="sync", lock_key=1), _job(step("deletes", fail=True), name="deletes", lock_key=None),
-            _job(step("reconcile"), name="reconcile", lock_key=2)]
+    jobs = [
+        _job(step("sync"), name="sync", lock_key=1),
+        _job(step("deletes", fail=True), name="deletes", lock_key=None),
+        _job(step("reconcile"), name="reconcile", lock_key=2),
+    ]
     assert Worker(fast_settings, jobs=jobs).run_once() == 1
     assert order == ["sync", "deletes", "reconcile"]
     order.clear()

@@ -9,13 +9,14 @@ from __future__ import annotations
 
 import time
 from datetime import datetime
+from itertools import pairwise
 from pathlib import Path
 from typing import Any
 
 import psycopg
 import pytest
 
-from tests.support.moto_server import moto_server, MotoServer, s3_client
+from tests.support.moto_server import MotoServer, moto_server, s3_client
 from tests.support.postgres import make_show
 from tests.support.processes import Process, worker_env
 from tests.support.waiting import wait_for
@@ -117,7 +118,7 @@ def test_two_workers_run_each_job_once_per_tick_and_drain_deletes_together(db_ur
     assert sum(e["counts"]["inserted"] for e in syncs) == len(expected)
     # Sync runs never overlapped, though both workers fired it every second.
     spans = sorted(_span(e) for e in syncs)
-    for (_, end), (start, _) in zip(spans, spans[1:]):
+    for (_, end), (start, _) in pairwise(spans):
         assert start >= end - 0.05, "two sync runs overlapped"
     assert [e for e in events if e["event"] == "job_skipped" and e["reason"] == "locked"], \
         "the workers never met at a lock"
@@ -138,7 +139,7 @@ def test_two_workers_run_each_job_once_per_tick_and_drain_deletes_together(db_ur
     assert last[2] in ("clean", "drift") or stopped, runs
     ticks = [int(started.timestamp()) // RECONCILE_EVERY for started, *_ in runs]
     assert len(ticks) == len(set(ticks)), f"a tick ran reconcile twice: {runs}"
-    for (_, finished, *_), (started, *_) in zip(runs, runs[1:]):
+    for (_, finished, *_), (started, *_) in pairwise(runs):
         assert finished is not None and started >= finished
     failed = [e for e in events if e["event"] == "job_failed"]
     assert failed == ([e for e in failed if e["job"] == "reconcile"][-1:] if stopped else []), failed
