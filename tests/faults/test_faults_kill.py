@@ -3,7 +3,7 @@
 The CLI runs as a child process sharing PostgreSQL and S3 (moto in server
 mode) with the test. To die at a precise point, the child is started through
 a few lines of test code that register a botocore event handler which
-SIGKILLs its own process (``fault_helpers.run_cli_killed_at``): after the
+SIGKILLs its own process (``tests.support.processes.run_cli_killed_at``): after the
 N-th HEAD of a sync, around the N-th DeleteObjects of a drain, between the
 copy and the delete of a quarantine. PostgreSQL rolls back whatever the
 dead process had not committed; the restarted command must finish the job

@@ -7,7 +7,7 @@ over 1,000 assets: every object whose row is gone is deleted exactly once.
 and moto's S3 server, with one-second intervals for the job under test (the
 others far away). To die at a precise point, the first worker is started
 through test code that SIGKILLs it from a botocore event handler
-(``fault_helpers.run_cli_killed_at``). A worker restarted after a PostgreSQL
+(``tests.support.processes.run_cli_killed_at``). A worker restarted after a PostgreSQL
 restart is tests/worker/test_worker_replicas.py's.
 """
 

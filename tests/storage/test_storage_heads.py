@@ -4,7 +4,7 @@ its CPU; retries, timeouts, stale connections, and when botocore keeps them.
 Against moto over HTTP (``s3_server``) for the answers and the error
 mapping, and against ``_Faulty``, a small HEAD server on a real socket that
 misbehaves on cue, for retries. The signing itself is held to botocore's
-bytes by tests/test_sigv4.py (hypothesis over keys, endpoints, regions,
+bytes by tests/presign/test_sigv4.py (hypothesis over keys, endpoints, regions,
 tokens).
 """
 
@@ -20,9 +20,8 @@ from typing import Any
 import pytest
 from structlog.testing import capture_logs
 
-from tests.conftest import TEST_BUCKET
-from tests.fault_helpers import S3Server, moto_auth, s3_server  # noqa: F401 - fixtures
-from tests.fault_helpers import moto_endpoint  # noqa: F401 - fixture
+from tests.support.moto_server import S3Server, moto_auth
+from tests.support.s3 import TEST_BUCKET
 from trr_assets import storage, storage_heads
 from trr_assets.config import S3Settings
 from trr_assets.errors import StorageError
@@ -250,7 +249,7 @@ def test_botocore_keeps_the_heads_behind_a_proxy_or_when_asked(aws_env: None, mo
 def test_sync_writes_the_rows_botocores_heads_would(s3_server: S3Server, db_url: str, conn: Any) -> None:
     """sync with the native HEADs (botocore makes no HEAD) writes exactly the rows it writes with
     botocore's: content type, owner id (valid, invalid, none), size, checksum, for odd keys."""
-    from tests.conftest import make_show
+    from tests.support.postgres import make_show
     from tests.sync_helpers import rows
     from trr_assets import sync
 
@@ -264,7 +263,7 @@ def test_sync_writes_the_rows_botocores_heads_would(s3_server: S3Server, db_url:
         settings = s3_server.settings(db_url, s3={"head_client": head_client, "list_shards": 2})
         client = storage.make_client(settings.s3)
         botocore_heads: list[str] = []
-        client.meta.events.register("after-call.s3.HeadObject", lambda **kw: botocore_heads.append("x"))
+        client.meta.events.register("after-call.s3.HeadObject", lambda heads=botocore_heads, **kw: heads.append("x"))
         report = sync.run(settings, client=client, progress=False)
         assert (report.inserted, report.failed) == (5, [])
         assert len(botocore_heads) == (0 if head_client == "native" else 5)

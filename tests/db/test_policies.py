@@ -21,7 +21,7 @@ import pytest
 import structlog.testing
 from psycopg import sql
 
-from tests.conftest import as_role, make_show
+from tests.support.postgres import as_role, make_show
 from trr_assets import db
 from trr_assets.config import DatabaseSettings
 
@@ -213,7 +213,8 @@ def test_shim_still_reads_the_legacy_settings_alone(conn):
 
 
 def test_a_session_level_legacy_setting_left_on_a_connection_does_not_leak_into_a_request(conn):
-    """A stale `set request.jwt.claim.sub` (session-wide, as a pooled connection may keep) loses to the request's claims."""
+    """A stale `set request.jwt.claim.sub` (session-wide, as a pooled connection may keep) loses to the request's
+    claims."""
     leftover, caller = uuid.uuid4(), uuid.uuid4()
     conn.execute("select set_config('request.jwt.claim.sub', %s, false)", (str(leftover),))
     with as_role(conn, "authenticated", {"role": "authenticated", "sub": str(caller)}):
@@ -287,7 +288,8 @@ create policy show_assets_org_read on core.show_assets
 
 
 def test_org_read_enabled_before_0008_is_rebound(empty_db_url):
-    """A database that enabled org-read before 0008 gets the role-bound read policies, and its record the new file's checksum."""
+    """A database that enabled org-read before 0008 gets the role-bound read policies, and its record the new file's
+    checksum."""
     _migrate_before_0008(empty_db_url)
     with psycopg.connect(empty_db_url, autocommit=True) as conn:
         db._apply(conn, db.Migration("optional/org-read", ORG_READ_BEFORE_0008))
