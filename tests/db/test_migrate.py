@@ -146,17 +146,23 @@ def test_unknown_optional_migration_is_a_usage_error(db_url):
         db.migrate(DatabaseSettings(url=db_url), enable=["org-raed"])
 
 
-def test_failed_migration_leaves_nothing_recorded_or_applied(db_url):
+def _with_migration(monkeypatch: pytest.MonkeyPatch, migration: db.Migration) -> None:
+    """``migrate`` finds ``migration`` after the bundled ones, as if it were a file in ``sql/``."""
+    bundled = db.available_migrations
+    monkeypatch.setattr(db, "available_migrations", lambda: [*bundled(), migration])
+
+
+def test_failed_migration_leaves_nothing_recorded_or_applied(db_url, monkeypatch):
     """A failing file rolls back whole: its first statement is undone and it is not recorded."""
-    bad = db.Migration("9999_broken", "create table core.half_done (id int); select 1/0;")
+    _with_migration(monkeypatch, db.Migration("9999_broken", "create table core.half_done (id int); select 1/0;"))
+    with pytest.raises(MigrationError, match="9999_broken"):
+        db.migrate(DatabaseSettings(url=db_url))
     with psycopg.connect(db_url, autocommit=True) as conn:
-        with pytest.raises(MigrationError, match="9999_broken"):
-            db._apply(conn, bad)
         assert conn.execute("select to_regclass('core.half_done')").fetchone()[0] is None
         assert "9999_broken" not in db.applied_migrations(conn)
 
 
-def test_no_transaction_migration_runs_outside_a_transaction(db_url):
+def test_no_transaction_migration_runs_outside_a_transaction(db_url, monkeypatch):
     """A file marked no-transaction can CREATE INDEX CONCURRENTLY."""
     m = db.Migration(
         "9998_concurrent_index",
@@ -164,7 +170,8 @@ def test_no_transaction_migration_runs_outside_a_transaction(db_url):
         "create index concurrently if not exists show_assets_owner_idx on core.show_assets (owner_id)",
     )
     assert not m.in_transaction
+    _with_migration(monkeypatch, m)
+    assert db.migrate(DatabaseSettings(url=db_url)) == ["9998_concurrent_index"]
     with psycopg.connect(db_url, autocommit=True) as conn:
-        db._apply(conn, m)
         assert conn.execute("select to_regclass('core.show_assets_owner_idx')").fetchone()[0] is not None
         assert "9998_concurrent_index" in db.applied_migrations(conn)
