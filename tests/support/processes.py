@@ -40,16 +40,16 @@ def clean_env(**extra: str) -> dict[str, str]:
 
 def child_env(db_url: str, endpoint: str, **extra: str) -> dict[str, str]:
     """The environment of a CLI child: this database and S3 server, JSON logs."""
-    return clean_env(
-        DATABASE_URL=db_url,
-        TRR_ASSETS_S3_ENDPOINT_URL=endpoint,
-        TRR_ASSETS_S3_ADDRESSING_STYLE="path",
-        TRR_ASSETS_S3_BUCKETS=TEST_BUCKET,
-        TRR_ASSETS_RECONCILE_GRACE_SECONDS="0",
-        TRR_ASSETS_LOGGING_FORMAT="json",
-        PYTHONUNBUFFERED="1",
-        **extra,
-    )
+    defaults = {
+        "DATABASE_URL": db_url,
+        "TRR_ASSETS_S3_ENDPOINT_URL": endpoint,
+        "TRR_ASSETS_S3_ADDRESSING_STYLE": "path",
+        "TRR_ASSETS_S3_BUCKETS": TEST_BUCKET,
+        "TRR_ASSETS_RECONCILE_GRACE_SECONDS": "0",
+        "TRR_ASSETS_LOGGING_FORMAT": "json",
+        "PYTHONUNBUFFERED": "1",
+    }
+    return clean_env(**{**defaults, **extra})  # extra wins
 
 
 def worker_env(db_url: str, endpoint: str, bucket: str, **settings: str | int) -> dict[str, str]:
