@@ -250,7 +250,7 @@ def test_sync_writes_the_rows_botocores_heads_would(s3_server: S3Server, db_url:
     """sync with the native HEADs (botocore makes no HEAD) writes exactly the rows it writes with
     botocore's: content type, owner id (valid, invalid, none), size, checksum, for odd keys."""
     from tests.support.postgres import make_show
-    from tests.sync_helpers import rows
+    from tests.sync.helpers import rows
     from trr_assets import sync
 
     show = make_show(conn)
