@@ -140,12 +140,14 @@ def test_write_policies_name_service_role_and_reads_stay_public(conn):
     assert policies[("org_memberships", "org_memberships_self_read")] == ("authenticated",)
 
 
-def _migrate_before_0008(url: str) -> None:
-    with psycopg.connect(url, autocommit=True) as conn:
-        conn.execute(db._MIGRATIONS_TABLE)
-        for migration in db.available_migrations():
-            if migration.name < "0008":
-                db._apply(conn, migration)
+def _migrate_before_0008(url: str, *, org_read: str | None = None) -> None:
+    """``migrate`` as a release before 0008 ran it (its files only, and its org-read file when given)."""
+    with pytest.MonkeyPatch.context() as patch:
+        before = [m for m in db.available_migrations() if m.name < "0008"]
+        patch.setattr(db, "available_migrations", lambda: before)
+        if org_read is not None:
+            patch.setattr(db, "optional_migrations", lambda: {"org-read": db.Migration("optional/org-read", org_read)})
+        db.migrate(DatabaseSettings(url=url), enable=["org-read"] if org_read is not None else [])
 
 
 def test_a_database_migrated_before_0008_is_closed_by_migrate(empty_db_url):
@@ -291,9 +293,8 @@ create policy show_assets_org_read on core.show_assets
 def test_org_read_enabled_before_0008_is_rebound(empty_db_url):
     """A database that enabled org-read before 0008 gets the role-bound read policies, and its record the new file's
     checksum."""
-    _migrate_before_0008(empty_db_url)
+    _migrate_before_0008(empty_db_url, org_read=ORG_READ_BEFORE_0008)
     with psycopg.connect(empty_db_url, autocommit=True) as conn:
-        db._apply(conn, db.Migration("optional/org-read", ORG_READ_BEFORE_0008))
         show = make_show(conn)
         conn.execute("insert into core.show_assets (show_id, bucket, object_key) values (%s, 'b', 'k')", (show,))
         with forged(conn, "anon", {"role": "service_role"}, {}):
