@@ -4,7 +4,8 @@
 
 The process kills itself when the NTH ``WHEN`` event (``after-call``: the call
 has returned; ``before-send``: it is about to be sent) of the S3 operation
-OPERATION fires, counting over every client the CLI makes. Test code: the
+OPERATION fires, counting over every client the CLI makes. To be seen there,
+HEADs are sent by botocore (``s3.head_client = "botocore"``). Test code: the
 handler is installed here, never by the product.
 """
 
@@ -21,6 +22,10 @@ from trr_assets import cli, storage
 
 def main(argv: list[str]) -> int:
     operation, when, nth = argv[0], argv[1], int(argv[2])
+    if operation == "HeadObject":
+        # The native HEAD client signs and sends HEADs itself, past botocore's
+        # events: HEADs go through botocore, where the handler below sees them.
+        os.environ["TRR_ASSETS_S3_HEAD_CLIENT"] = "botocore"
     seen = [0]
     lock = threading.Lock()
 
