@@ -7,10 +7,10 @@ logs and the database to see what happened.
 
 from __future__ import annotations
 
+import tempfile
 import time
 from datetime import datetime
 from itertools import pairwise
-from pathlib import Path
 from typing import Any
 
 import psycopg
@@ -249,12 +249,14 @@ def test_sigterm_during_once_finishes_the_running_job_skips_the_rest_and_exits_0
 
 
 @pytest.fixture
-def own_server(tmp_path: Path) -> Any:
+def own_server() -> Any:
     """A PostgreSQL server of this test's own, which the test may stop and start."""
     import pgserver
     from pgserver import _commands
 
-    server = pgserver.get_server(tmp_path / "pgdata", cleanup_mode="delete")
+    # Not under pytest's tmp_path: its folders are private to this user, and
+    # pgserver runs the server as a user of its own, which must reach the data.
+    server = pgserver.get_server(tempfile.mkdtemp(prefix="trr-assets-pg-restart-"), cleanup_mode="delete")
     socket_dir = server.get_postmaster_info().socket_dir
 
     def pg_ctl(*args: str) -> None:
