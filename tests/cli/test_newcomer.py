@@ -17,8 +17,8 @@ import psycopg
 import pytest
 import structlog
 
-from tests.support.postgres import make_show
 from tests.reconcile.helpers import put, write_config
+from tests.support.postgres import make_show
 from trr_assets import cli
 from trr_assets.worker import Worker
 

@@ -9,13 +9,11 @@ from html.parser import HTMLParser
 from pathlib import Path
 from typing import Any
 
-import psycopg
 import pytest
 
 from tests.operators.helpers import queue, run, seed_report
 from tests.support.s3 import TEST_BUCKET
 from trr_assets import doctor
-from trr_assets.cli import main
 from trr_assets.config import Settings
 
 

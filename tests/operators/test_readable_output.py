@@ -11,9 +11,6 @@ import pty
 import subprocess
 import sys
 
-
-import pytest
-
 from tests.support.postgres import make_show
 from tests.support.s3 import TEST_BUCKET
 from tests.sync.helpers import put, show_key
@@ -73,7 +70,8 @@ def test_delete_and_process_deletes_summaries(cli_env, s3, conn, capsys) -> None
 def test_on_a_terminal_the_default_is_the_summary(db_url: str) -> None:
     env = {k: v for k, v in os.environ.items() if not k.startswith(("TRR_ASSETS_", "AWS_"))}
     env.update(DATABASE_URL=db_url, TRR_ASSETS_S3_BUCKETS=TEST_BUCKET, AWS_ACCESS_KEY_ID="AKIATESTTESTTESTTEST",
-               AWS_SECRET_ACCESS_KEY="x" * 20, AWS_CONFIG_FILE="/nonexistent", AWS_SHARED_CREDENTIALS_FILE="/nonexistent")
+               AWS_SECRET_ACCESS_KEY="x" * 20, AWS_CONFIG_FILE="/nonexistent",
+               AWS_SHARED_CREDENTIALS_FILE="/nonexistent")
     leader, follower = pty.openpty()
     try:
         proc = subprocess.run([sys.executable, "-m", "trr_assets", "--quiet", "process-deletes"], stdout=follower,

@@ -31,6 +31,11 @@ def _terminal() -> bool:
     return sys.stderr.isatty()
 
 
+def _bars(args: argparse.Namespace) -> bool:
+    """Progress bars: on a terminal, unless --quiet."""
+    return _terminal() and not getattr(args, "quiet", False)
+
+
 def migrate(args: argparse.Namespace, settings: Settings) -> int:
     from trr_assets import db
 
@@ -45,7 +50,7 @@ def migrate(args: argparse.Namespace, settings: Settings) -> int:
 def sync(args: argparse.Namespace, settings: Settings) -> int:
     from trr_assets import sync as job
 
-    progress: Progress | None = render.SyncBar(sys.stderr) if _terminal() and not getattr(args, "quiet", False) else None
+    progress: Progress | None = render.SyncBar(sys.stderr) if _bars(args) else None
     report = job.run(settings, buckets=args.bucket or None, prefix=args.prefix, progress=progress,
                      inventory=args.inventory)
     render.result(report.as_dict(), render.sync_text, as_json=wants_json(args))
@@ -71,7 +76,7 @@ def reconcile(args: argparse.Namespace, settings: Settings) -> int:
         force=bool(args.force),
         inventory=args.inventory,
     )
-    progress: Progress | None = render.ReconcileBar(sys.stderr) if _terminal() and not getattr(args, "quiet", False) else None
+    progress: Progress | None = render.ReconcileBar(sys.stderr) if _bars(args) else None
     with render.output(args.output, command="reconcile") as out:
         report = render.JsonlReport(out) if args.format == "jsonl" else render.TextReport(out)
         try:

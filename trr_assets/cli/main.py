@@ -55,7 +55,8 @@ def _bucket(text: str) -> str:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="trr-assets", description="Keep core.show_assets true to what is in S3.")
-    parser.add_argument("--config", metavar="PATH", help="TOML config file (default: $TRR_ASSETS_CONFIG, ./config.toml)")
+    parser.add_argument("--config", metavar="PATH",
+                        help="TOML config file (default: $TRR_ASSETS_CONFIG, ./config.toml)")
     parser.add_argument("--debug", action="store_true", help="show tracebacks and debug logs")
     parser.add_argument("--log-level", choices=("debug", "info", "warning", "error"),
                         help="how much to log on stderr (default: logging.level, info)")

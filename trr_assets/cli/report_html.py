@@ -79,7 +79,7 @@ def drift_chart(runs: list[dict[str, Any]]) -> str:
         anchor = "start" if index == 0 and len(runs) > 1 else "end" if index == len(runs) - 1 > 0 else "middle"
         parts.append(f'<text x="{x(index):.1f}" y="{HEIGHT - 12}" text-anchor="{anchor}" font-size="11" '
                      f'fill="#5b6472">{_when(runs[index]["started_at"])}</text>')
-    for (key, label, colour, dashes), series in zip(SERIES, values, strict=True):
+    for (_, label, colour, dashes), series in zip(SERIES, values, strict=True):
         points = " ".join(f"{x(i):.1f},{y(v):.1f}" for i, v in enumerate(series))
         dash = f' stroke-dasharray="{dashes}"' if dashes else ""
         parts.append(f'<polyline fill="none" stroke="{colour}" stroke-width="2"{dash} points="{points}"/>')
