@@ -48,6 +48,8 @@ if TYPE_CHECKING:
     import psycopg
     from psycopg_pool import ConnectionPool
 
+    from trr_assets.bucket_regions import BucketClients
+
 __all__ = [
     "AssetNotFound",
     "MAX_BATCH",
@@ -211,6 +213,7 @@ class Presigner:
         self._pool: ConnectionPool | None = None
         self._signer: QuerySigner | None = None
         self._client: Any = None
+        self._buckets: BucketClients | None = None
         self._closed = False
 
     @classmethod
@@ -228,10 +231,12 @@ class Presigner:
         """Close the pool and the S3 client; the presigner cannot be used after."""
         with self._lock:
             self._closed = True
-            pool, client = self._pool, self._client
-            self._pool = self._signer = self._client = None
+            pool, client, buckets = self._pool, self._client, self._buckets
+            self._pool = self._signer = self._client = self._buckets = None
         if pool is not None:
             pool.close()
+        if buckets is not None:
+            buckets.close()
         if client is not None:
             client.close()
 
@@ -482,9 +487,12 @@ class Presigner:
             self._check_open()
             if self._signer is None:
                 from trr_assets import storage
+                from trr_assets.bucket_regions import BucketClients
 
+                # Each bucket's URLs are signed for the region it lives in.
                 self._client = storage.make_client(self.settings.s3)
-                self._signer = QuerySigner(self._client)
+                self._buckets = BucketClients(self.settings.s3, self._client)
+                self._signer = QuerySigner(self._client, client_for_bucket=self._buckets.client_for)
             return self._signer
 
     def _check_open(self) -> None:
