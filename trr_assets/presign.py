@@ -40,7 +40,6 @@ from trr_assets.errors import (
     ConfigError,
     TrrAssetsError,
     UploadRefused,
-    UsageError,
 )
 from trr_assets.sigv4 import QuerySigner
 
@@ -57,7 +56,6 @@ __all__ = [
     "QuerySigner",
     "UploadGrant",
     "UploadRefused",
-    "cli_url",
     "safe_filename",
     "signing_window",
 ]
@@ -499,34 +497,10 @@ class Presigner:
         if self._closed:
             raise TrrAssetsError("presign: the presigner is closed")
 
-    def _locate(self, asset_id: uuid.UUID) -> tuple[str, str]:
-        """(bucket, key) of an asset, as the service sees it."""
+    def locate(self, asset_id: uuid.UUID) -> tuple[str, str]:
+        """(bucket, key) of an asset, as the service sees it (no RLS check;
+        service code only). ``AssetNotFound`` when there is no such row."""
         rows = self._select("presign_find_asset", {"id": asset_id}, None)
         if not rows:
             raise AssetNotFound(f"no asset with id {asset_id}")
         return rows[0][1], rows[0][2]
-
-
-# --- the CLI -------------------------------------------------------------------
-
-
-def cli_url(settings: Settings, target: str, *, method: str, expires: int | None) -> str:
-    """The URL ``trr-assets presign`` prints: ``target`` is an asset id (looked
-    up as the service; no row is ``AssetNotFound``, exit 1) or
-    ``s3://BUCKET/KEY`` (signed as is). Bad arguments are ``UsageError``."""
-    if expires is not None and not 1 <= expires <= SIGV4_MAX_EXPIRES_SECONDS:
-        raise UsageError(f"presign: --expires must be between 1 and {SIGV4_MAX_EXPIRES_SECONDS}, got {expires}")
-    asset_id: uuid.UUID | None = None
-    if target.startswith("s3://"):
-        bucket, _, key = target[len("s3://") :].partition("/")
-        if not bucket or not key:
-            raise UsageError(f"presign: {target!r} is not s3://BUCKET/KEY")
-    else:
-        try:
-            asset_id = _parse_uuid(target, "asset id")
-        except ValueError:
-            raise UsageError(f"presign: {target!r} is neither an asset id (a UUID) nor s3://BUCKET/KEY") from None
-    with Presigner(settings) as presigner:
-        if asset_id is not None:
-            bucket, key = presigner._locate(asset_id)
-        return presigner.url_for_key(bucket, key, method, expires)
