@@ -224,3 +224,26 @@ def test_bucket_region_falls_back_to_get_bucket_location(buckets):
 def test_example_config_documents_the_region_keys():
     text = (Path(__file__).resolve().parent.parent / "config.example.toml").read_text()
     assert 'region = ""' in text and "bucket_regions = {}" in text
+
+
+def test_regions_are_discovered_over_http_from_an_s3_endpoint(db_url, aws_env):
+    """Against an S3 endpoint on a real socket: a bucket made in eu-west-1 is found there, and its URL fetches the object."""
+    import urllib.request
+
+    from tests.worker_helpers import moto_server
+
+    with moto_server() as endpoint:
+        s3 = S3Settings(endpoint_url=endpoint, addressing_style="path", region="eu-west-1")
+        maker = storage.make_client(s3)
+        maker.create_bucket(Bucket="trr-west", CreateBucketConfiguration={"LocationConstraint": "eu-west-1"})
+        maker.put_object(Bucket="trr-west", Key="shows/k.png", Body=b"west bytes")
+        settings = make_settings(db_url, s3={"endpoint_url": endpoint, "addressing_style": "path",
+                                             "region": "us-east-1", "bucket_regions": {}})
+        with structlog.testing.capture_logs() as logs, Presigner(settings) as presigner:
+            url = presigner.url_for_key("trr-west", "shows/k.png")
+            with urllib.request.urlopen(url, timeout=10) as response:
+                assert response.read() == b"west bytes"
+    assert url.startswith(f"{endpoint}/trr-west/shows/k.png?")
+    assert _scope_region(url) == "eu-west-1"
+    assert [(e["bucket"], e["region"]) for e in logs if e["event"] == "bucket_region_discovered"] == [
+        ("trr-west", "eu-west-1")]
