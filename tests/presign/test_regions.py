@@ -223,7 +223,7 @@ def test_bucket_region_falls_back_to_get_bucket_location(buckets):
 
 
 def test_example_config_documents_the_region_keys():
-    text = (Path(__file__).resolve().parent.parent / "config.example.toml").read_text()
+    text = (Path(__file__).resolve().parents[2] / "config.example.toml").read_text()
     assert 'region = ""' in text and "bucket_regions = {}" in text
 
 
