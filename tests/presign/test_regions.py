@@ -228,7 +228,7 @@ def test_example_config_documents_the_region_keys():
 
 
 def test_regions_are_discovered_over_http_from_an_s3_endpoint(db_url, aws_env):
-    """Against an S3 endpoint on a real socket: a bucket made in eu-west-1 is found there, and its URL fetches the object."""
+    """Against an S3 endpoint on a real socket: a bucket made in eu-west-1 is found there; its URL fetches it."""
     import urllib.request
 
     from tests.support.moto_server import moto_server
