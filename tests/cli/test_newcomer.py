@@ -63,12 +63,14 @@ def test_a_bucket_that_could_not_be_listed_is_said_once_and_plainly(db_url, s3, 
                                   ["reconcile"]])
 def test_a_database_that_refuses_fails_at_once_with_the_cause(args: list[str]) -> None:
     started = time.monotonic()
-    result = _cli(*args, env={"DATABASE_URL": _refused_url(), "TRR_ASSETS_S3_BUCKETS": "trr-any"})
+    # A pool that waited for its timeout would take 30 s here; one attempt takes a moment.
+    result = _cli(*args, env={"DATABASE_URL": _refused_url(), "TRR_ASSETS_S3_BUCKETS": "trr-any",
+                              "TRR_ASSETS_DATABASE_CONNECT_TIMEOUT_SECONDS": "30"})
     took = time.monotonic() - started
     assert result.returncode == 1
     [line] = result.stderr.strip().splitlines()  # no pool warnings before it
     assert line.startswith("trr-assets: error: database: cannot connect: ") and "refused" in line
-    assert took < 8, f"took {took:.1f} s (the pool's timeout is 10 s)"
+    assert took < 20, f"took {took:.1f} s: waited for the pool's timeout (30 s)"
 
 
 # 3 -------------------------------------------------------------------------------------
@@ -102,7 +104,7 @@ def test_the_presigner_prints_nothing_when_the_program_did_not_configure_logging
         "import structlog\n"
         "from trr_assets.presign import Presigner\n"
         "from trr_assets.config import settings_from_mapping\n"
-        f"p = Presigner(settings_from_mapping({{'database': {{'url': {db_url!r}}}, 's3': {{'buckets': ['bkt']}}}}))\n"
+        f"p = Presigner(settings_from_mapping({{'database': {{'url': {db_url!r}}}, 's3': {{'buckets': ['bkt'], 'bucket_regions': {{'bkt': 'us-east-1'}}}}}}))\n"
         "p.url_for_key('bkt', 'shows/x.jpg')\n"
         "p.get_urls(['00000000-0000-0000-0000-000000000001'])\n"
         "structlog.get_logger().debug('a debug line')\n"
