@@ -78,6 +78,11 @@ class _StdlibBridge(logging.Handler):
     each, rather than Python's bare last-resort text on stderr."""
 
     def emit(self, record: logging.LogRecord) -> None:
+        if record.name.startswith("trr_assets"):
+            # Our own lines, sent to ``logging`` by ``quiet_unless_configured``
+            # after ``configure`` installed this bridge: back to structlog they
+            # would come here again, without end.
+            return
         try:
             message = record.getMessage()
         except Exception:  # a library's malformed format arguments

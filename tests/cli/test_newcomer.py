@@ -104,7 +104,8 @@ def test_the_presigner_prints_nothing_when_the_program_did_not_configure_logging
         "import structlog\n"
         "from trr_assets.presign import Presigner\n"
         "from trr_assets.config import settings_from_mapping\n"
-        f"p = Presigner(settings_from_mapping({{'database': {{'url': {db_url!r}}}, 's3': {{'buckets': ['bkt'], 'bucket_regions': {{'bkt': 'us-east-1'}}}}}}))\n"
+        f"p = Presigner(settings_from_mapping({{'database': {{'url': {db_url!r}}}, "
+        "'s3': {'buckets': ['bkt'], 'bucket_regions': {'bkt': 'us-east-1'}}}))\n"
         "p.url_for_key('bkt', 'shows/x.jpg')\n"
         "p.get_urls(['00000000-0000-0000-0000-000000000001'])\n"
         "structlog.get_logger().debug('a debug line')\n"
@@ -192,3 +193,23 @@ def test_a_repair_that_left_findings_says_how_many(db_url, s3, tmp_path, capsys,
     assert cli.main(["--config", str(config), "reconcile", "--repair"]) == 0
     assert capsys.readouterr().out.strip().splitlines()[-1] == \
         "Drift found; 2 findings left as they are (see the table)."
+
+
+def test_quiet_logging_after_the_cli_configured_the_process_once_does_not_loop(db_url, s3, capsys) -> None:
+    """cli.main leaves its bridge from ``logging`` to structlog on the root logger; a presigner made
+    after structlog was reset must not send its lines round that bridge for ever."""
+    import logging
+
+    from tests.support.s3 import make_settings
+    from trr_assets import logs
+    from trr_assets.presign import Presigner
+
+    logs.configure(format="json", level="info")
+    structlog.reset_defaults()
+    presigner = Presigner(make_settings(db_url))
+    try:
+        structlog.get_logger().warning("once")
+        logging.getLogger("psycopg.pool").warning("a library line")
+    finally:
+        presigner.close()
+    assert capsys.readouterr().out == ""
