@@ -64,3 +64,11 @@ class RepairRefused(TrrAssetsError):
     """``reconcile --repair`` refused by a safety limit; nothing deleted (exit 4)."""
 
     exit_code = 4
+
+
+class QueueError(TrrAssetsError):
+    """SQS refused or could not be reached, or a queue does not exist (exit 1)."""
+
+
+class MessageError(TrrAssetsError, ValueError):
+    """A queue message that is not an S3 Event Notification (plain or wrapped by SNS)."""
