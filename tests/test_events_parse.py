@@ -52,7 +52,7 @@ def test_equal_after_padding_is_not_newer() -> None:
 
 
 KEY_TEXT = st.text(
-    alphabet=st.characters(blacklist_categories=("Cs",), blacklist_characters="\x00"), min_size=1, max_size=40
+    alphabet=st.characters(blacklist_categories=["Cs"], blacklist_characters="\x00"), min_size=1, max_size=40
 )
 
 

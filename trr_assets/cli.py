@@ -94,6 +94,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="first make the failed deletions pending again (attempts from zero)")
     p.set_defaults(handler=_cmd_process_deletes)
 
+    p = commands.add_parser("listen", help="apply S3 Event Notifications from the SQS queues of events.queue_urls")
+    p.add_argument("--once", action="store_true", help="stop when a receive comes back empty; print the counts")
+    p.set_defaults(handler=_cmd_listen)
+
     p = commands.add_parser("worker", help="the daemon: sync, deletes, reconcile on their schedules")
     p.add_argument("--once", action="store_true", help="run each job once and exit")
     p.set_defaults(handler=_cmd_worker)
@@ -183,6 +187,30 @@ def _cmd_worker(args: argparse.Namespace, settings: Settings) -> int:
     from trr_assets import worker
 
     return worker.run(settings, once=args.once)
+
+
+def _cmd_listen(args: argparse.Namespace, settings: Settings) -> int:
+    """Runs until SIGTERM or SIGINT (then the batch being applied is finished
+    and messages not applied yet go back to the queue), or with ``--once``
+    until the queues are empty. Prints the counts; exit 1 when a batch or a
+    receive failed."""
+    import signal
+    import threading
+
+    from trr_assets import listen
+
+    stop = threading.Event()
+    previous = {sig: signal.signal(sig, lambda *_: stop.set()) for sig in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        report = listen.run(settings, once=args.once, stop=stop)
+    finally:
+        for sig, old in previous.items():
+            signal.signal(sig, old)
+    print_json(report.as_dict())
+    if report.errors:
+        sys.stderr.write(f"trr-assets: error: {len(report.errors)} batch(es) or receive(s) failed: {report.errors[0]}\n")
+        return 1
+    return 0
 
 
 def _cmd_demo(args: argparse.Namespace, settings: Settings | None) -> int:
