@@ -71,9 +71,13 @@ def s3_test_event(bucket: str = TEST_BUCKET) -> str:
     })
 
 
-def make_queue(sqs: Any, s3: Any, name: str = "trr-events", *, notify: bool = True, bucket: str = TEST_BUCKET) -> str:
+def make_queue(
+    sqs: Any, s3: Any, name: str = "trr-events", *, notify: bool = True, bucket: str = TEST_BUCKET,
+    visibility_timeout_seconds: int = 30,
+) -> str:
     """An SQS queue; with ``notify`` the bucket sends it its creations and removals."""
-    url: str = sqs.create_queue(QueueName=name, Attributes={"VisibilityTimeout": "30"})["QueueUrl"]
+    attributes = {"VisibilityTimeout": str(visibility_timeout_seconds)}
+    url: str = sqs.create_queue(QueueName=name, Attributes=attributes)["QueueUrl"]
     if notify:
         arn = sqs.get_queue_attributes(QueueUrl=url, AttributeNames=["QueueArn"])["Attributes"]["QueueArn"]
         s3.put_bucket_notification_configuration(

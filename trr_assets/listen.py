@@ -24,6 +24,7 @@ deleted; messages received but not applied yet are handed back at once
 
 from __future__ import annotations
 
+import contextvars
 import functools
 import threading
 import time
@@ -180,9 +181,9 @@ class Listener:
         try:
             db.open_pool(pool, connections=1, timeout_seconds=self.settings.database.connect_timeout_seconds)
             with ThreadPoolExecutor(self.settings.s3.head_concurrency, thread_name_prefix="trr-head") as heads:
-                threads = [
-                    threading.Thread(target=self._loop, args=(q, s3, pool, heads), daemon=True,
-                                     name=f"trr-listen-{queues.queue_name(q.url)}-{i}")
+                threads = [  # each with the caller's log context (the worker's job)
+                    threading.Thread(target=contextvars.copy_context().run, args=(self._loop, q, s3, pool, heads),
+                                     daemon=True, name=f"trr-listen-{queues.queue_name(q.url)}-{i}")
                     for q in found for i in range(ev.receivers)
                 ]
                 for thread in threads:
