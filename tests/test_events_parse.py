@@ -118,7 +118,8 @@ def test_test_event_plain_and_wrapped() -> None:
         '{"Records": [{"eventName": "ObjectCreated:Put"}]}',
         json.dumps({"Type": "Notification", "Message": {"Records": []}}),
         json.dumps({"Type": "Notification", "Message": "{{"}),
-        body({**record("shows/k", "01"), "s3": {"bucket": {"name": "b"}, "object": {"key": "k"}}}),
+        body({**record("shows/k", "01"), "s3": {"bucket": {"name": "b"}, "object": {"sequencer": "01"}}}),
+        body({**record("shows/k", "01"), "s3": {"object": {"key": "k", "sequencer": "01"}}}),
         body(record("shows/k", "not-hex")),
         body(record("%FF%FE", "01", encode=False)),
     ],
@@ -153,3 +154,18 @@ def test_newest_per_key_keeps_the_newest_in_any_order(items: list[tuple[str, str
     for event in newest:
         same_key = [e for e in built if e.key == event.key]
         assert not any(events.sequencer_newer(e.sequencer, event.sequencer) for e in same_key)
+
+
+def test_records_without_a_sequencer_are_unordered() -> None:
+    """Some S3-compatible stores (and moto) send no sequencer: the last such
+    record of a key wins, and a sequenced record wins over any of them."""
+    plain = events.parse_message(body({**record("shows/k", "01"), "s3": {
+        "bucket": {"name": "trr-test-assets"}, "object": {"key": "shows/k", "size": 1, "eTag": "e"}}}))
+    (unordered,) = plain.events
+    assert unordered.sequencer == ""
+    removal = events.Event(**{**unordered.__dict__, "name": "ObjectRemoved:Delete", "kind": Kind.REMOVED})
+    assert events.newest_per_key([unordered, removal]) == ([removal], 1)
+    assert events.newest_per_key([removal, unordered]) == ([unordered], 1)
+    (sequenced,) = events.parse_message(body(record("shows/k", "01"))).events
+    assert events.newest_per_key([sequenced, unordered]) == ([sequenced], 1)
+    assert events.newest_per_key([unordered, sequenced]) == ([sequenced], 1)
