@@ -15,7 +15,7 @@ import pytest
 
 from tests.conftest import TEST_BUCKET, make_settings
 from tests.reconcile_helpers import add_row, keys_of, object_keys, plant, put, row_keys, run
-from trr_assets import reconcile
+from trr_assets import errors, reconcile
 from trr_assets.errors import UsageError
 
 INVENTORY_BUCKET = "trr-inventory-reports"
@@ -127,12 +127,12 @@ def test_inventory_of_another_bucket_is_a_usage_error(conn, s3, db_url):
         run(make_settings(db_url), inventory=url, buckets=["some-other-bucket"])
 
 
-def test_non_csv_report_is_refused(conn, s3, db_url):
-    """Only CSV reports are read; an ORC manifest is a clear usage error."""
+def test_a_report_in_another_format_is_refused(conn, s3, db_url):
+    """CSV, Parquet and ORC reports are read; a manifest of any other format is a clear usage error."""
     s3.create_bucket(Bucket=INVENTORY_BUCKET)
-    manifest = {"sourceBucket": TEST_BUCKET, "fileFormat": "ORC", "fileSchema": "struct<>", "files": [{"key": "x"}]}
+    manifest = {"sourceBucket": TEST_BUCKET, "fileFormat": "JSON", "fileSchema": "x", "files": [{"key": "x"}]}
     s3.put_object(Bucket=INVENTORY_BUCKET, Key="m/manifest.json", Body=json.dumps(manifest).encode())
-    with pytest.raises(UsageError, match="only CSV"):
+    with pytest.raises(UsageError, match="CSV, Parquet or ORC are supported, not JSON"):
         run(make_settings(db_url), inventory=f"s3://{INVENTORY_BUCKET}/m/manifest.json")
 
 
@@ -144,6 +144,6 @@ def test_unreadable_report_file_refuses_repair(conn, s3, db_url):
     s3.put_object(Bucket=INVENTORY_BUCKET, Key=manifest["files"][1]["key"], Body=b"not gzip at all")
     settings = make_settings(db_url, reconcile={"orphaned_rows": "delete", "max_delete_fraction": 1.0})
     before = row_keys(conn)
-    with pytest.raises(reconcile.ReconcileRefused, match="not a readable gzip CSV report"):
+    with pytest.raises(errors.ReconcileRefused, match="not a readable gzip CSV report"):
         run(settings, inventory=url, repair=True)
     assert row_keys(conn) == before

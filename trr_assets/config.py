@@ -118,13 +118,20 @@ class S3Settings:
     read_timeout_seconds: float = _setting(60.0, _between(0.1, 3600))
     list_shards: int = _setting(16, _between(1, 256))
     list_concurrency: int = _setting(8, _between(1, 64))
-    head_concurrency: int = _setting(16, _between(1, 128))
+    head_concurrency: int = _setting(128, _between(1, 1024))
+    # How HEAD requests are sent: "native" (storage_heads: own signing, kept-alive
+    # connections, one event loop) or "botocore" (a thread each, as before).
+    head_client: str = _setting("native", _one_of("native", "botocore"))
 
 
 @dataclass(frozen=True, kw_only=True)
 class SyncSettings:
     interval_seconds: int = _setting(300, _at_least(1))
     batch_size: int = _setting(5000, _between(1, 100000))
+    # Where a new or changed object's row gets its content type and owner id:
+    # "head" (a HEAD request each) or "listing" (the key's extension; no
+    # owner; a later "head" pass completes them). See trr_assets/metadata.py.
+    metadata: str = _setting("head", _one_of("head", "listing"))
 
 
 @dataclass(frozen=True, kw_only=True)

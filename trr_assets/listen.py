@@ -30,14 +30,14 @@ import threading
 import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import structlog
 
 from trr_assets import applying, db, events, logs, queues, storage
 from trr_assets.config import Settings
-from trr_assets.errors import ConfigError, MessageError, TrrAssetsError
+from trr_assets.errors import ConfigError, MessageError, TrrAssetsError, one_line
 from trr_assets.queues import Message
 
 log = structlog.get_logger()
@@ -63,7 +63,7 @@ class ListenReport:
     skipped_by_reason: dict[str, int]
     rows: dict[str, int]
     lag_seconds: dict[str, float]  # eventTime to commit: p50, p99, max of the applied events
-    errors: list[str] = field(default_factory=list)  # one line per batch that failed
+    failures: tuple[str, ...] = ()  # one line per receive or batch that failed
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -78,7 +78,7 @@ class ListenReport:
             "skipped_by_reason": dict(self.skipped_by_reason),
             "rows": dict(self.rows),
             "lag_seconds": dict(self.lag_seconds),
-            "errors": list(self.errors),
+            "failures": list(self.failures),
         }
 
 
@@ -123,7 +123,7 @@ class _Tally:
                 received=o.applied + o.stale + o.ignored + o.skipped + self.failed,
                 applied=o.applied, stale=o.stale, ignored=o.ignored, failed=self.failed, skipped=o.skipped,
                 messages=self.messages, deleted=self.deleted, skipped_by_reason=dict(o.skipped_by_reason),
-                rows=dict(o.rows), lag_seconds=_percentiles(o.lags), errors=list(self.errors),
+                rows=dict(o.rows), lag_seconds=_percentiles(o.lags), failures=tuple(self.errors),
             )
 
 
@@ -194,7 +194,7 @@ class Listener:
             pool.close()
         report = self.tally.report()
         log.info("listen_done", duration_seconds=round(time.monotonic() - started, 3),
-                 **{k: v for k, v in report.as_dict().items() if k != "errors"})
+                 **{k: v for k, v in report.as_dict().items() if k != "failures"})
         return report
 
     def _queue(self, url: str) -> _Queue:
@@ -326,8 +326,7 @@ class _Keeper:
 
 
 def _line(exc: BaseException) -> str:
-    lines = str(exc).strip().splitlines()
-    return logs.scrub(lines[0] if lines else type(exc).__name__)
+    return logs.scrub(one_line(exc))
 
 
 def run(settings: Settings, *, once: bool = False, stop: threading.Event | None = None, s3: Any = None) -> ListenReport:

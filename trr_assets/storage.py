@@ -323,6 +323,18 @@ def head_object(client: Any, bucket: str, key: str) -> dict[str, Any] | None:
         raise wrapped(exc, "head object", bucket) from exc
 
 
+def get_object_body(client: Any, bucket: str, key: str, *, action: str = "get object") -> Any:
+    """An object's body, a stream to read (errors while reading it are the caller's to wrap)."""
+    with wrap_errors(action, bucket):
+        return client.get_object(Bucket=bucket, Key=key)["Body"]
+
+
+def get_object_bytes(client: Any, bucket: str, key: str, *, action: str = "get object") -> bytes:
+    """An object's whole body."""
+    with wrap_errors(action, bucket):
+        return get_object_body(client, bucket, key, action=action).read()  # type: ignore[no-any-return]
+
+
 class ListingSplits:
     """How many listings a run may add by splitting shards (see ``list_objects``).
 
