@@ -173,6 +173,6 @@ def test_replay_duplicated_and_shuffled_converges_to_a_full_sync(
     listened = rows(conn)
     live = {o["Key"] for o in s3.list_objects_v2(Bucket=TEST_BUCKET).get("Contents", [])}
     assert set(listened) == live
-    after = sync.run(settings, client=s3, progress=False)
+    after = sync.run(settings, client=s3)
     assert (after.inserted, after.updated) == (0, 0)
     assert rows(conn) == listened
