@@ -5,7 +5,8 @@ thread of its own with a connection of its own: receive (long polling,
 10 messages a call, more calls without waiting while the queue has more, up
 to ``events.batch_messages``), parse (``events``), apply the batch in one
 transaction (``applying``), commit, and only then delete the messages
-(``DeleteMessageBatch``). A crash between the commit and the delete
+(``DeleteMessageBatch``, in a thread of its own while the receiver receives
+the next batch; a run waits for its deletes before it ends). A crash between the commit and the delete
 redelivers messages whose effect is already recorded: they come back stale
 and change nothing.
 
@@ -166,6 +167,7 @@ class Listener:
         self._s3 = s3
         self._sqs: Callable[[str], Any] = sqs or functools.partial(queues.make_client, settings)
         self.tally = _Tally()
+        self._deleter: ThreadPoolExecutor | None = None  # set while running
 
     def run(self) -> ListenReport:
         """Receive and apply until stopped (or, with ``once``, until the queues are empty)."""
@@ -180,7 +182,9 @@ class Listener:
                  once=self.once)
         try:
             db.open_pool(pool, connections=1, timeout_seconds=self.settings.database.connect_timeout_seconds)
-            with ThreadPoolExecutor(self.settings.s3.head_concurrency, thread_name_prefix="trr-head") as heads:
+            with (ThreadPoolExecutor(self.settings.s3.head_concurrency, thread_name_prefix="trr-head") as heads,
+                  ThreadPoolExecutor(loops, thread_name_prefix="trr-listen-delete") as deleter):
+                self._deleter = deleter  # deletes of committed batches, off the receivers' path
                 threads = [  # each with the caller's log context (the worker's job)
                     threading.Thread(target=contextvars.copy_context().run, args=(self._loop, q, s3, pool, heads),
                                      daemon=True, name=f"trr-listen-{queues.queue_name(q.url)}-{i}")
@@ -276,20 +280,21 @@ class Listener:
                 return  # the messages come back after their visibility timeout
             finally:
                 keeper.close()
-        deleted = len(parsed) - len(self._delete(q, parsed))
-        self.tally.add(outcome, failed=failed, messages=len(batch), deleted=deleted)
+        self.tally.add(outcome, failed=failed, messages=len(batch))
+        if parsed:  # committed: the receiver goes on receiving while its messages are deleted
+            assert self._deleter is not None
+            self._deleter.submit(contextvars.copy_context().run, self._delete, q, parsed)
         log.info("listen_batch_applied", queue=queues.queue_name(q.url), messages=len(batch), events=len(found),
                  applied=outcome.applied, stale=outcome.stale, ignored=outcome.ignored, skipped=outcome.skipped,
                  failed=failed, rows=outcome.rows, lag_max_seconds=round(max(outcome.lags, default=0.0), 3))
 
-    def _delete(self, q: _Queue, messages: list[Message]) -> list[str]:
-        if not messages:
-            return []
+    def _delete(self, q: _Queue, messages: list[Message]) -> None:
         try:
-            return queues.delete(q.client, q.url, messages)
+            refused = queues.delete(q.client, q.url, messages)
         except TrrAssetsError as exc:  # committed: a redelivery is stale, so this only costs a receive
             log.warning("listen_delete_failed", queue=queues.queue_name(q.url), error=_line(exc))
-            return [m.id for m in messages]
+            refused = [m.id for m in messages]
+        self.tally.add(applying.Outcome(), deleted=len(messages) - len(refused))
 
     def _hand_back(self, q: _Queue, messages: list[Message]) -> None:
         try:
