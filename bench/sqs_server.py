@@ -107,7 +107,7 @@ def receive_message(request: dict[str, Any], endpoint: str) -> dict[str, Any]:
     count = int(request.get("MaxNumberOfMessages", 1))
     visibility = int(request.get("VisibilityTimeout", q.visibility))
     deadline = time.monotonic() + int(request.get("WaitTimeSeconds", 0))
-    out = []
+    out: list[dict[str, Any]] = []
     with q.condition:
         while True:
             now = time.monotonic()
@@ -122,9 +122,9 @@ def receive_message(request: dict[str, Any], endpoint: str) -> dict[str, Any]:
                 m["hidden_until"] = now + visibility
                 m["count"] += 1
                 m["receipt"] = f"{mid}#{next(STATE.receipts)}"
+                attributes = {"ApproximateReceiveCount": str(m["count"]), "SentTimestamp": str(m["sent"])}
                 out.append({"MessageId": mid, "ReceiptHandle": m["receipt"], "Body": m["body"],
-                            "MD5OfBody": _md5(m["body"]),
-                            "Attributes": {"ApproximateReceiveCount": str(m["count"]), "SentTimestamp": str(m["sent"])}})
+                            "MD5OfBody": _md5(m["body"]), "Attributes": attributes})
             if out or now >= deadline:
                 break
             q.condition.wait(min(0.5, deadline - now))

@@ -62,9 +62,10 @@ def make_client(settings: Settings, queue_url: str) -> Any:
     when set, the retry mode and timeouts of ``[s3]``. Thread-safe to use."""
     s3 = settings.s3
     events = settings.events
+    retries: Any = {"mode": s3.retry_mode, "total_max_attempts": s3.max_attempts}  # s3.retry_mode is checked
     config = botocore.config.Config(
         region_name=region_of(queue_url, s3.region or "us-east-1"),
-        retries={"mode": s3.retry_mode, "total_max_attempts": s3.max_attempts},
+        retries=retries,
         connect_timeout=s3.connect_timeout_seconds,
         # A long poll holds the request open for wait_seconds: read longer than that.
         read_timeout=max(s3.read_timeout_seconds, events.wait_seconds + 10.0),

@@ -7,7 +7,9 @@ from datetime import datetime, timezone
 from typing import Any
 from urllib.parse import quote_plus
 
-from tests.conftest import TEST_BUCKET
+from tests.support.s3 import TEST_BUCKET, make_settings
+from trr_assets import listen
+from trr_assets.config import Settings
 
 
 def record(
@@ -99,3 +101,13 @@ def visible_and_hidden(sqs: Any, url: str) -> tuple[int, int]:
         QueueUrl=url, AttributeNames=["ApproximateNumberOfMessages", "ApproximateNumberOfMessagesNotVisible"]
     )["Attributes"]
     return int(attributes["ApproximateNumberOfMessages"]), int(attributes["ApproximateNumberOfMessagesNotVisible"])
+
+
+def listen_settings(db_url: str, url: str, **sections: dict[str, Any]) -> Settings:
+    """Test settings listening to ``url``: no long polling, one receiver."""
+    events = {"queue_urls": [url], "wait_seconds": 0, "receivers": 1, **sections.pop("events", {})}
+    return make_settings(db_url, events=events, **sections)
+
+
+def once(settings: Settings, s3: Any) -> listen.ListenReport:
+    return listen.run(settings, once=True, s3=s3)

@@ -3,34 +3,28 @@
 from __future__ import annotations
 
 import uuid
-from collections.abc import Iterator
 from typing import Any
 
-import boto3
 import psycopg
 import pytest
 import structlog
 
-from tests.conftest import TEST_BUCKET, make_settings, make_show
-from tests.event_helpers import body, make_queue, record, s3_test_event, send, sns, visible_and_hidden
-from tests.sync_helpers import put, rows, show_key
+from tests.events.helpers import (
+    body,
+    listen_settings,
+    make_queue,
+    once,
+    record,
+    s3_test_event,
+    send,
+    sns,
+    visible_and_hidden,
+)
+from tests.support.postgres import make_show
+from tests.support.s3 import TEST_BUCKET, make_settings
+from tests.support.waiting import wait_for
+from tests.sync.helpers import put, rows, show_key
 from trr_assets import listen
-from trr_assets.config import Settings
-
-
-@pytest.fixture
-def sqs(s3: Any) -> Iterator[Any]:
-    """moto's SQS, in the same mock as the ``s3`` fixture (so S3 notifies it)."""
-    yield boto3.client("sqs", region_name="us-east-1")
-
-
-def listen_settings(db_url: str, url: str, **sections: dict[str, Any]) -> Settings:
-    events = {"queue_urls": [url], "wait_seconds": 0, "receivers": 1, **sections.pop("events", {})}
-    return make_settings(db_url, events=events, **sections)
-
-
-def once(settings: Settings, s3: Any) -> listen.ListenReport:
-    return listen.run(settings, once=True, s3=s3)
 
 
 def test_puts_and_removals_from_s3_notifications(db_url: str, conn: psycopg.Connection[Any], s3: Any, sqs: Any) -> None:
@@ -87,7 +81,9 @@ def test_order_and_duplicates_by_sequencer(db_url: str, conn: psycopg.Connection
     assert conn.execute("select xmin::text from core.show_assets").fetchall() == before
 
 
-def test_sns_envelope_test_event_and_keys_outside(db_url: str, conn: psycopg.Connection[Any], s3: Any, sqs: Any) -> None:
+def test_sns_envelope_test_event_and_keys_outside(
+    db_url: str, conn: psycopg.Connection[Any], s3: Any, sqs: Any
+) -> None:
     url = make_queue(sqs, s3, notify=False)
     show = make_show(conn)
     key = show_key(show, "a b+c.jpg")
@@ -131,12 +127,7 @@ def test_garbage_is_failed_left_on_the_queue_and_logged_once(
 
 
 def _wait_visible(sqs: Any, url: str) -> None:
-    import time
-
-    deadline = time.monotonic() + 10
-    while visible_and_hidden(sqs, url)[0] == 0:
-        assert time.monotonic() < deadline, "the message never became visible again"
-        time.sleep(0.05)
+    wait_for(lambda: visible_and_hidden(sqs, url)[0] > 0, what="the message to be visible again")
 
 
 def test_missing_queue_is_one_line_error_exit_1(db_url: str, s3: Any, sqs: Any, capsys: pytest.CaptureFixture[str],

@@ -15,19 +15,12 @@ import boto3
 import psycopg
 import pytest
 
-from tests.conftest import TEST_BUCKET, make_show
-from tests.event_helpers import body, make_queue, record, send, visible_and_hidden
-from tests.fault_helpers import (  # noqa: F401 - fixtures
-    S3Server,
-    child_env,
-    moto_endpoint,
-    run_cli,
-    s3_server,
-    stdout_json,
-    wait_for_sessions_to_end,
-)
-from tests.sync_helpers import show_key
-from tests.worker_helpers import Process, wait_until
+from tests.events.helpers import body, make_queue, record, send, visible_and_hidden
+from tests.support.moto_server import S3Server
+from tests.support.postgres import make_show
+from tests.support.processes import Process, child_env, run_cli, stdout_json, wait_for_sessions_to_end
+from tests.support.waiting import wait_for
+from tests.sync.helpers import show_key
 
 pytestmark = pytest.mark.slow  # child processes
 
@@ -79,7 +72,7 @@ def test_killed_between_commit_and_delete_the_redelivery_changes_nothing(
     committed = conn.execute("select object_key, xmin::text from core.show_assets").fetchall()
     assert [k for k, _ in committed] == [key]
     assert conn.execute("select sequencer from trr_assets.event_sequencers").fetchall() == [("00A1",)]
-    wait_until(lambda: visible_and_hidden(sqs, url)[0] == 1, "the message to come back")
+    wait_for(lambda: visible_and_hidden(sqs, url)[0] == 1, what="the message to come back")
 
     again = run_cli("listen", "--once", env=env)
     assert again.returncode == 0, again.stderr[-2000:]
@@ -100,10 +93,10 @@ def test_listen_stops_cleanly_on_sigterm(
     env = _env(db_url, s3_server.endpoint, url, TRR_ASSETS_EVENTS_WAIT_SECONDS="1")
     process = Process(["listen"], env, tmp_path / "listen.log")
     try:
-        wait_until(lambda: process.events("listen_started"), "the listener to start", watch=[process])
+        wait_for(lambda: process.events("listen_started"), what="the listener to start", watch=[process])
         s3_server.put(key)
-        wait_until(lambda: conn.execute("select count(*) from core.show_assets").fetchone() == (1,),
-                   "the upload's row", watch=[process])
+        wait_for(lambda: conn.execute("select count(*) from core.show_assets").fetchone() == (1,),
+                 what="the upload's row", watch=[process])
         process.signal(signal.SIGTERM)
         assert process.wait(30) == 0
         assert process.proc.stdout is not None
@@ -124,10 +117,10 @@ def test_worker_listens_when_queues_are_set(
                TRR_ASSETS_SYNC_INTERVAL_SECONDS="3600", TRR_ASSETS_RECONCILE_SCHEDULE="0 0 1 1 *")
     process = Process(["worker"], env, tmp_path / "worker.log")
     try:
-        wait_until(lambda: process.events("listen_started"), "the worker's listener", watch=[process])
+        wait_for(lambda: process.events("listen_started"), what="the worker's listener", watch=[process])
         s3_server.put(key)
-        wait_until(lambda: conn.execute("select object_key from core.show_assets").fetchall() == [(key,)],
-                   "the upload's row", watch=[process])
+        wait_for(lambda: conn.execute("select object_key from core.show_assets").fetchall() == [(key,)],
+                 what="the upload's row", watch=[process])
         assert process.events("listen_batch_applied", job="listen")
         process.signal(signal.SIGTERM)
         assert process.wait(30) == 0

@@ -6,26 +6,19 @@ from __future__ import annotations
 
 import random
 import threading
-from collections.abc import Iterator
 from typing import Any
 
 import boto3
 import psycopg
-import pytest
 import structlog
 
-from tests.conftest import TEST_BUCKET, make_show
-from tests.event_helpers import body, make_queue, record, send, visible_and_hidden
-from tests.sync_helpers import put, rows, show_key
-from tests.test_listen import listen_settings, once
+from tests.events.helpers import body, listen_settings, make_queue, once, record, send, visible_and_hidden
+from tests.support.postgres import make_show
+from tests.support.s3 import TEST_BUCKET
+from tests.sync.helpers import put, rows, show_key
 from trr_assets import deletes, listen, sync
 
 WAIT = 30  # seconds: a bound on waiting for a condition, never asserted on
-
-
-@pytest.fixture
-def sqs(s3: Any) -> Iterator[Any]:
-    yield boto3.client("sqs", region_name="us-east-1")
 
 
 def test_removal_reupload_race_never_deletes_the_new_object(

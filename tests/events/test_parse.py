@@ -9,7 +9,7 @@ import pytest
 from hypothesis import example, given
 from hypothesis import strategies as st
 
-from tests.event_helpers import body, record, s3_test_event, sns
+from tests.events.helpers import body, record, s3_test_event, sns
 from trr_assets import events
 from trr_assets.errors import MessageError
 from trr_assets.events import Kind
