@@ -28,6 +28,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import csv
+import dataclasses
 import getpass
 import gzip
 import io
@@ -52,7 +53,7 @@ import psycopg
 import structlog
 from psycopg.types.json import Jsonb
 
-from trr_assets import db, diff, keys, storage, sync
+from trr_assets import db, diff, erasures, keys, reconcile_versions, storage, sync
 from trr_assets.config import Settings
 from trr_assets.diff import Batch, Diff, Kind
 from trr_assets.errors import (
@@ -112,6 +113,7 @@ class ReconcileOptions:
     force: bool = False  # override max_deletes and max_delete_fraction
     inventory: str | None = None  # s3://BUCKET/PATH/manifest.json
     run_by: str | None = None  # recorded in the history; default user@host
+    versions: bool = False  # also versions, delete markers and multipart uploads (reconcile_versions)
 
 
 @dataclass(frozen=True)
@@ -143,19 +145,33 @@ class ReconcileSummary:
     started_at: datetime | None = None
     duration_seconds: float = 0.0
     run_id: int | None = None
+    # --versions: per bucket, the counts of reconcile_versions (None without --versions)
+    versions_by_bucket: dict[str, dict[str, int]] | None = None
 
     @property
     def drift(self) -> bool:
         """Anything an operator should look at (found, whether or not repaired)."""
-        return bool(self.orphaned_objects or self.orphaned_rows or self.mismatched or self.failed_deletes)
+        versions = self.version_counts()
+        return bool(self.orphaned_objects or self.orphaned_rows or self.mismatched or self.failed_deletes
+                    or versions.get("orphaned_versions") or versions.get("lone_delete_markers")
+                    or versions.get("stale_uploads"))
+
+    def version_counts(self) -> dict[str, int]:
+        """The --versions counts of every bucket, added up ({} without --versions)."""
+        if self.versions_by_bucket is None:
+            return {}
+        names = reconcile_versions.SCAN_COUNTS + (() if self.dry_run else reconcile_versions.REPAIR_COUNTS)
+        return {name: sum(b.get(name, 0) for b in self.versions_by_bucket.values()) for name in names}
 
     def counts(self) -> dict[str, int]:
-        return {name: getattr(self, name) for name in (*SCAN_COUNTS, *REPAIR_COUNTS)}
+        return {**{name: getattr(self, name) for name in (*SCAN_COUNTS, *REPAIR_COUNTS)}, **self.version_counts()}
 
     def as_dict(self) -> dict[str, Any]:
+        extra = {} if self.versions_by_bucket is None else {"versions_by_bucket": self.versions_by_bucket}
         return {
             "dry_run": self.dry_run,
             **self.counts(),
+            **extra,
             "drift": self.drift,
             "refused": list(self.refused),
             "failed": list(self.failed),
@@ -726,10 +742,10 @@ class _Reconciler:
             target = self.settings.reconcile.quarantine_prefix + d.key
             if not self._copy_aside(bucket, d.key, target, head):
                 return "skipped", {"reason": "changed"}
-            self._delete_object(bucket, d.key)
+            self._delete_object(bucket, d, conn, erasures.BY_QUARANTINE)
             log.info("reconcile_object_quarantined", bucket=bucket, key=d.key, quarantine_key=target)
             return "quarantined", {"quarantine_key": target}
-        self._delete_object(bucket, d.key)
+        self._delete_object(bucket, d, conn, erasures.BY_ORPHANED_OBJECT)
         log.info("reconcile_object_deleted", bucket=bucket, key=d.key)
         return "deleted", {}
 
@@ -751,9 +767,18 @@ class _Reconciler:
             raise
         return True
 
-    def _delete_object(self, bucket: str, key: str) -> None:
-        with storage.wrap_errors("delete object", bucket):
-            self.client.delete_object(Bucket=bucket, Key=key)
+    def _delete_object(self, bucket: str, d: Diff, conn: psycopg.Connection[Any], deleted_by: str) -> None:
+        """Delete the object, recorded in the erasure record (see ``erasures``)."""
+
+        def delete() -> tuple[bool, str | None]:
+            with storage.wrap_errors("delete object", bucket):
+                answer = self.client.delete_object(Bucket=bucket, Key=d.key)
+            return True, answer.get("VersionId") if answer.get("DeleteMarker") else None
+
+        size = d.obj.size if d.obj is not None else None
+        with db.wrap_errors(f"record the deletion of {d.key}"):
+            erasures.erase(conn, erasures.Item(bucket, d.key, "object", size_bytes=size),
+                           deleted_by=deleted_by, delete=delete)
 
     def _repair_row(self, bucket: str, d: Diff, conn: psycopg.Connection[Any]) -> tuple[str, dict[str, Any]]:
         assert d.row is not None
@@ -839,12 +864,13 @@ class _Reconciler:
                 refused.append(state.refusal)
             elif state.error is not None:
                 failed.append(f"bucket {bucket}: {state.error}")
+        counts: dict[str, Any] = {name: total[name] for name in (*SCAN_COUNTS, *REPAIR_COUNTS)}
         return ReconcileSummary(
             dry_run=not self.options.repair,
             buckets=tuple(self.buckets),
             prefix=self.prefix,
             source="inventory" if self.inventory else "listing",
-            **{name: total[name] for name in (*SCAN_COUNTS, *REPAIR_COUNTS)},
+            **counts,
             refused=refused,
             failed=failed,
             started_at=started_at,
@@ -957,6 +983,9 @@ def run(
     reference = min(started_at, manifest.created_at) if manifest and manifest.created_at else started_at
     cutoff = reference - timedelta(seconds=grace)
     run_by = options.run_by or default_run_by()
+    if options.repair:  # deletions a crashed run left half-recorded
+        with db.connect(settings.database, autocommit=True) as conn:
+            erasures.settle(conn, client, older_than_seconds=settings.deletes.settle_after_seconds)
     run_id = _record_start(settings, not options.repair, buckets, prefix, run_by)
     log.info("reconcile_started", run_id=run_id, buckets=buckets, prefix=prefix, repair=options.repair,
              grace_seconds=grace, source="inventory" if manifest else "listing")
@@ -968,6 +997,10 @@ def run(
         _record_finish(settings, run_id, "failed", {}, _one_line(exc))
         raise
     summary = reconciler.summary(started_at, time.monotonic() - began, run_id)
+    if options.versions:
+        summary = _with_versions(summary, settings, options, client, buckets, prefix, cutoff, sink, started_at,
+                                 stop, run_id_=run_id)
+        summary = dataclasses.replace(summary, duration_seconds=time.monotonic() - began)
     errors = [*summary.refused, *summary.failed]
     _record_finish(settings, run_id, _outcome(summary), summary.counts(), "; ".join(errors) or None)
     log.info("reconcile_finished", run_id=run_id, drift=summary.drift, **summary.counts())
@@ -975,9 +1008,46 @@ def run(
         raise ReconcileRefused(summary)
     if summary.failed:
         raise ReconcileIncomplete(summary, "reconcile: " + "; ".join(summary.failed))
-    if summary.action_errors:
-        raise ReconcileIncomplete(summary, f"reconcile: {summary.action_errors} repairs failed (see the report)")
+    action_errors = summary.action_errors + summary.version_counts().get("version_action_errors", 0)
+    if action_errors:
+        raise ReconcileIncomplete(summary, f"reconcile: {action_errors} repairs failed (see the report)")
     return summary
+
+
+def _with_versions(
+    summary: ReconcileSummary,
+    settings: Settings,
+    options: ReconcileOptions,
+    client: Any,
+    buckets: list[str],
+    prefix: str,
+    cutoff: datetime,
+    sink: Sink | None,
+    now: datetime,
+    stop: threading.Event | None,
+    *,
+    run_id_: int | None,
+) -> ReconcileSummary:
+    """``--versions``: run reconcile_versions over the same buckets; its
+    counts, refusals and failures join the summary."""
+    try:
+        states = reconcile_versions.VersionsPass(
+            settings, client, buckets, prefix, cutoff, repair=options.repair, force=options.force, sink=sink,
+            now=now, stop=stop,
+        ).execute()
+    except BaseException as exc:
+        if run_id_ is not None:
+            _record_finish(settings, run_id_, "failed", {}, _one_line(exc))
+        raise
+    refused, failed = list(summary.refused), list(summary.failed)
+    for bucket, state in states.items():
+        if options.repair and state.refusal:
+            refused.append(state.refusal)
+        elif state.error is not None:
+            failed.append(f"bucket {bucket} (versions): {state.error}")
+    names = reconcile_versions.SCAN_COUNTS + (reconcile_versions.REPAIR_COUNTS if options.repair else ())
+    by_bucket = {bucket: {name: state.counts[name] for name in names} for bucket, state in states.items()}
+    return dataclasses.replace(summary, refused=refused, failed=failed, versions_by_bucket=by_bucket)
 
 
 def _buckets(settings: Settings, options: ReconcileOptions, manifest: InventoryManifest | None) -> list[str]:
@@ -1034,6 +1104,11 @@ class TextReport:
             parts.append(f"modified {item['last_modified']}")
         elif item["kind"] == "orphaned_row":
             parts.append(f"asset {item['asset_id']}, updated {item['updated_at']}")
+        elif item["kind"] in ("orphaned_versions", "lone_delete_marker"):
+            parts.append(f"{item.get('versions', 0)} versions, {item['delete_markers']} delete markers, "
+                         f"newest {item['last_modified']}")
+        elif item["kind"] == "incomplete_upload":
+            parts.append(f"upload {item['upload_id']}, started {item['initiated']}")
         else:
             parts.append(
                 f"asset {item['asset_id']}: object {item['size']} bytes etag {item['etag']}, "
@@ -1053,6 +1128,8 @@ class TextReport:
         names = SCAN_COUNTS if summary.dry_run else (*SCAN_COUNTS, *REPAIR_COUNTS)
         for name in names:
             self.out.write(f"  {name.replace('_', ' '):<18} {getattr(summary, name):>12,}\n")
+        for name, value in summary.version_counts().items():
+            self.out.write(f"  {name.replace('_', ' '):<18} {value:>12,}\n")
         self.out.write(f"  {'duration':<18} {summary.duration_seconds:>11.1f}s\n")
         self.out.write("Drift found.\n" if summary.drift else "No drift.\n")
         for line in summary.refused:
@@ -1125,7 +1202,10 @@ def run_cli(args: argparse.Namespace, settings: Settings) -> int:
         grace_seconds=args.grace_seconds,
         force=bool(args.force),
         inventory=args.inventory,
+        versions=bool(getattr(args, "versions", False)),
     )
+    if options.versions and options.inventory:
+        raise UsageError("reconcile: --versions lists the bucket; it does not go with --inventory")
     progress = TerminalProgress(sys.stderr) if sys.stderr.isatty() else None
     with _output(args.output) as out:
         report = JsonlReport(out) if args.format == "jsonl" else TextReport(out)
