@@ -23,6 +23,7 @@ import statistics
 import subprocess
 import sys
 import time
+import uuid
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Executor, Future
 from typing import Any
@@ -50,17 +51,19 @@ class _Data:
         self.rows = [(show_of[o.key], BUCKET, o.key, data.CONTENT_TYPE, o.size, o.etag) for o in self.objects]
 
 
-def _shows_template(ctx: Context, d: _Data) -> str:
-    return ctx.env.template(f"shows:{len(d.shows)}", lambda conn, url: conn.execute(
-        query("insert_shows"), {"ids": d.shows}))
+def shows_template(ctx: Context, shows: list[uuid.UUID]) -> str:
+    """A database holding ``shows`` (built once per run)."""
+    return ctx.env.template(f"shows:{len(shows)}", lambda conn, url: conn.execute(
+        query("insert_shows"), {"ids": shows}))
 
 
-def _imported_template(ctx: Context, d: _Data) -> str:
+def imported_template(ctx: Context, shows: list[uuid.UUID]) -> str:
+    """A database holding ``shows`` and the rows of their ``PER_SHOW`` objects each."""
     def build(conn: psycopg.Connection[Any], url: str) -> None:
-        conn.execute(query("insert_assets"), {"bucket": BUCKET, "ids": d.shows, "per_show": PER_SHOW,
+        conn.execute(query("insert_assets"), {"bucket": BUCKET, "ids": shows, "per_show": PER_SHOW,
                                               "drift": False, "content_type": data.CONTENT_TYPE})
 
-    return ctx.env.template(f"imported:{d.n}", build, parent=_shows_template(ctx, d))
+    return ctx.env.template(f"imported:{len(shows) * PER_SHOW}", build, parent=shows_template(ctx, shows))
 
 
 class InlineExecutor(Executor):
@@ -155,7 +158,7 @@ def _written(url: str, lsn: Any, since: Any) -> tuple[int, int]:
 def run_import(ctx: Context) -> Measured:
     n = ctx.size(200_000, 20_000)
     d, warm = _Data(n), _Data(max(PER_SHOW, n // 10))
-    template, warm_template = _shows_template(ctx, d), _shows_template(ctx, warm)
+    template, warm_template = shows_template(ctx, d.shows), shows_template(ctx, warm.shows)
     for side in (_upsert, _sync):
         with ctx.env.database(warm_template) as url:
             side(ctx, url, warm)
@@ -207,7 +210,7 @@ def run_import(ctx: Context) -> Measured:
 def run_resync(ctx: Context) -> Measured:
     n = ctx.size(200_000, 20_000)
     d, warm = _Data(n), _Data(max(PER_SHOW, n // 10))
-    template, warm_template = _imported_template(ctx, d), _imported_template(ctx, warm)
+    template, warm_template = imported_template(ctx, d.shows), imported_template(ctx, warm.shows)
     with ctx.env.database(warm_template) as url:
         _sync(ctx, url, warm)
     with ctx.env.database(warm_template) as url:

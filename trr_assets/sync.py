@@ -38,7 +38,7 @@ import psycopg.errors
 import structlog
 from psycopg_pool import ConnectionPool
 
-from trr_assets import db, diff, keys, logs, storage
+from trr_assets import db, diff, keys, logs, storage, storage_heads
 from trr_assets.config import Settings
 from trr_assets.errors import DatabaseError, TrrAssetsError
 from trr_assets.storage import ObjectInfo
@@ -183,6 +183,7 @@ def upsert_objects(
     *,
     settings: Settings,
     head_pool: Executor | None = None,
+    head_client: storage_heads.HeadClient | None = None,
     absent: bool = False,
 ) -> UpsertCounts:
     """Insert or refresh the rows of ``objects`` (new or changed objects of ``bucket``).
@@ -196,7 +197,8 @@ def upsert_objects(
     savepoint inside a transaction the caller holds. ``head_pool`` runs the
     HEAD requests (default: a pool of ``s3.head_concurrency`` for this call),
     a run of consecutive objects per task, sized for about four runs per
-    ``s3.head_concurrency`` worker (``_Heads``).
+    ``s3.head_concurrency`` worker (``_Heads``); with ``head_client`` (a
+    ``storage_heads.HeadClient``), that client sends them instead.
 
     ``absent=True`` says the keys had no row and no queued deletion when the
     caller last looked (sync's new objects): each batch is then first COPYed
@@ -210,7 +212,7 @@ def upsert_objects(
     pattern = re.compile(settings.s3.key_pattern)
     own_pool = head_pool is None
     pool = head_pool or ThreadPoolExecutor(settings.s3.head_concurrency, thread_name_prefix="trr-head")
-    heads = _Heads(client, bucket, pool, settings.s3.head_concurrency)
+    heads = _Heads(client, bucket, pool, settings.s3.head_concurrency, head_client)
     write = functools.partial(_write_new if absent else _write_changed, conn, heads)
     batches = (_parse(chunk, pattern) for chunk in _chunks(objects, settings.sync.batch_size))
     try:
@@ -336,12 +338,14 @@ HEAD_RUN_MAX = 64  # objects HEADed one after another by one pool task, at most
 
 @dataclass(frozen=True)
 class _Heads:
-    """HEADs the objects of one bucket on ``pool``, sized for ``workers`` threads."""
+    """HEADs the objects of one bucket on ``pool``, sized for ``workers``
+    threads, or with ``native`` (a ``storage_heads.HeadClient``) when given."""
 
     client: Any
     bucket: str
     pool: Executor
     workers: int
+    native: storage_heads.HeadClient | None = None
 
     def __call__(self, todo: list[tuple[ObjectInfo, str]]) -> Iterator[_Row | None]:
         """Each object's HEAD answer as a row (None: gone), in order, as they come.
@@ -349,12 +353,15 @@ class _Heads:
         One pool task HEADs a run of consecutive objects, not one each: a
         task's hand-over costs a lock or two, and with every unit of a sync
         submitting to the one shared pool, those locks, not the HEADs, were
-        what the threads spent their time on (measured: see the README's
+        what the threads spent their time on (measured: see docs/benchmarks.md,
         import row). Runs stay short enough that each of the ``workers``
         gets about four of them, so a small batch is still HEADed with all
         the parallelism it can use.
         """
         client, bucket = self.client, self.bucket
+        if self.native is not None:
+            answers = self.native.heads(bucket, [obj.key for obj, _ in todo])
+            return (_row(obj, show_id, answer) for (obj, show_id), answer in zip(todo, answers))
         size = max(1, min(HEAD_RUN_MAX, len(todo) // (4 * self.workers)))
         if size == 1:
             return self.pool.map(lambda item: _head(client, bucket, item[0], item[1]), todo)
@@ -377,7 +384,11 @@ def _existing_shows(conn: psycopg.Connection[Any], show_ids: list[str]) -> set[s
 
 def _head(client: Any, bucket: str, obj: ObjectInfo, show_id: str) -> _Row | None:
     """The object's current metadata, or None when it is gone."""
-    response = storage.head_object(client, bucket, obj.key)
+    return _row(obj, show_id, storage.head_object(client, bucket, obj.key))
+
+
+def _row(obj: ObjectInfo, show_id: str, response: dict[str, Any] | None) -> _Row | None:
+    """The row of a HEAD answer (None: the object is gone)."""
     if response is None:
         return None
     owner: uuid.UUID | None = None
@@ -641,6 +652,7 @@ class _Context:
     client: Any
     pool: ConnectionPool
     heads: Executor
+    native: storage_heads.HeadClient | None
     splits: storage.ListingSplits
     prefix: str
     progress: _Progress
@@ -683,11 +695,12 @@ def run(
     pool = db.make_pool(settings.database, name="trr-assets sync", min_size=1,
                         max_size=2 * s3.list_concurrency, connect_workers=readers)
     opened = _open(pool, readers, settings.database.connect_timeout_seconds)
-    with opened, ThreadPoolExecutor(s3.head_concurrency, thread_name_prefix="trr-head") as heads:
+    with opened, ThreadPoolExecutor(s3.head_concurrency, thread_name_prefix="trr-head") as heads, \
+            storage_heads.for_client(client, s3) as native:
         # A shard found to hold more than its share is split while the
         # run's listings are doubled at most (see storage.ListingSplits).
         splits = storage.ListingSplits(extra_listings=s3.list_concurrency)
-        _run_units(_Context(settings, client, pool, heads, splits, prefix, progress_line, stop), units)
+        _run_units(_Context(settings, client, pool, heads, native, splits, prefix, progress_line, stop), units)
     progress_line.close()
     reports = {name: tally.report() for name, tally in tallies.items()}
     for name, tally in tallies.items():
@@ -775,7 +788,7 @@ def _merge_and_write(
         if not objects:
             return UpsertCounts()
         return upsert_objects(writer(), ctx.client, bucket, objects, settings=ctx.settings,
-                              head_pool=ctx.heads, absent=absent)
+                              head_pool=ctx.heads, head_client=ctx.native, absent=absent)
 
     def flush() -> None:
         nonlocal new, changed, scanned, same, pending
