@@ -122,7 +122,7 @@ class Benchmark:
     needs: tuple[str, ...]  # modules that must be importable (the job under test)
     run: Callable[[Context], Measured]
     # Whose process it measures: the trr-assets command's (the garbage
-    # collector tuned by cli.tune_collector), or a web server's that imports
+    # collector tuned by runtime.tune_collector), or a web server's that imports
     # the presigner (CPython's defaults). Both sides of a row run alike.
     command_process: bool = True
 
@@ -177,7 +177,7 @@ CPYTHON_COLLECTOR_THRESHOLDS = (700, 10, 10)
 @contextmanager
 def _collector(*, tuned: bool) -> Iterator[None]:
     """The garbage collector as the measured process would have it."""
-    from trr_assets.cli import tune_collector
+    from trr_assets.runtime import tune_collector
 
     saved = gc.get_threshold()
     gc.set_threshold(*CPYTHON_COLLECTOR_THRESHOLDS)

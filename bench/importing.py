@@ -101,7 +101,7 @@ def _sync(ctx: Context, url: str, d: _Data) -> tuple[float, Any]:
     from trr_assets import sync
 
     settings = ctx.env.settings(url)
-    return timed(lambda: sync.run(settings, client=d.client, progress=False))
+    return timed(lambda: sync.run(settings, client=d.client))
 
 
 def _executemany(url: str, d: _Data) -> float:

@@ -28,7 +28,7 @@ import psycopg
 
 from bench import data
 from trr_assets import db, diff
-from trr_assets.cli import tune_collector
+from trr_assets.runtime import tune_collector
 
 
 def peak_rss_mb() -> float:

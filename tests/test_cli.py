@@ -80,12 +80,12 @@ def test_every_command_runs_with_the_collector_tuned_for_many_small_tuples():
     """main() raises the collector's first threshold (sync and reconcile allocate a few tuples per key)."""
     import gc
 
-    from trr_assets import cli
+    from trr_assets import runtime
 
     before = gc.get_threshold()
     try:
         gc.set_threshold(700, *before[1:])
         assert main(["--config", "/nonexistent/trr.toml", "migrate"]) == 2  # even when the command then fails
-        assert gc.get_threshold() == (cli.COLLECTOR_FIRST_THRESHOLD, *before[1:])
+        assert gc.get_threshold() == (runtime.COLLECTOR_FIRST_THRESHOLD, *before[1:])
     finally:
         gc.set_threshold(*before)

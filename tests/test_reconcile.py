@@ -20,7 +20,7 @@ from tests.reconcile_helpers import (
     row_keys,
     run,
 )
-from trr_assets import diff, reconcile, storage
+from trr_assets import diff, errors, reconcile, storage
 from trr_assets.errors import DatabaseError
 from trr_assets.reconcile import ReconcileOptions
 
@@ -112,7 +112,7 @@ def test_clean_bucket_has_no_drift(conn, s3, db_url):
 
 def test_missing_bucket_fails_the_run(conn, s3, db_url):
     """A bucket that does not exist is a run-time failure (exit 1), not an empty, clean bucket."""
-    with pytest.raises(reconcile.ReconcileIncomplete) as caught:
+    with pytest.raises(errors.ReconcileIncomplete) as caught:
         run(make_settings(db_url, s3={"buckets": ["no-such-bucket-here"]}))
     assert caught.value.exit_code == 1
     assert "no-such-bucket-here" in str(caught.value)
@@ -330,7 +330,7 @@ def test_listing_failing_part_way_refuses_repair_and_deletes_nothing(conn, s3, d
     _failing_second_page(client)
     before = (object_keys(s3), row_keys(conn))
 
-    with pytest.raises(reconcile.ReconcileRefused) as caught:
+    with pytest.raises(errors.ReconcileRefused) as caught:
         run(settings, client=client, repair=True, force=force)
 
     assert caught.value.exit_code == 4
@@ -362,7 +362,7 @@ def test_row_query_failing_part_way_refuses_repair(conn, s3, db_url, monkeypatch
     )
     before = (object_keys(s3), row_keys(conn))
 
-    with pytest.raises(reconcile.ReconcileRefused, match="connection lost"):
+    with pytest.raises(errors.ReconcileRefused, match="connection lost"):
         run(settings, repair=True, force=True)
 
     assert (object_keys(s3), row_keys(conn), queued_keys(conn)) == (*before, set())
@@ -376,7 +376,7 @@ def test_listing_failing_part_way_fails_a_dry_run(conn, s3, db_url, monkeypatch)
     settings = make_settings(db_url, s3={"list_shards": 1})
     client = storage.make_client(settings.s3)
     _failing_second_page(client)
-    with pytest.raises(reconcile.ReconcileIncomplete) as caught:
+    with pytest.raises(errors.ReconcileIncomplete) as caught:
         run(settings, client=client)
     assert caught.value.exit_code == 1 and caught.value.summary.failed
     assert TEST_BUCKET in str(caught.value)
@@ -393,7 +393,7 @@ def test_empty_bucket_against_100_rows_refuses_by_fraction(conn, s3, db_url):
     _hundred_rows(conn)
     settings = make_settings(db_url, reconcile={"orphaned_rows": "delete"})
 
-    with pytest.raises(reconcile.ReconcileRefused) as caught:
+    with pytest.raises(errors.ReconcileRefused) as caught:
         run(settings, repair=True)
 
     message = str(caught.value)
@@ -406,7 +406,7 @@ def test_max_deletes_refuses_with_the_excess(conn, s3, db_url):
     """More deletions than max_deletes refuses the bucket and says by how much."""
     _hundred_rows(conn)
     settings = make_settings(db_url, reconcile={"orphaned_rows": "delete", "max_deletes": 10, **LOOSE})
-    with pytest.raises(reconcile.ReconcileRefused) as caught:
+    with pytest.raises(errors.ReconcileRefused) as caught:
         run(settings, repair=True)
     assert "100 deletions exceed reconcile.max_deletes 10 by 90" in str(caught.value)
     assert len(row_keys(conn)) == 100
@@ -437,7 +437,7 @@ def test_a_refused_bucket_does_not_stop_the_others(conn, s3, db_url):
         reconcile={"orphaned_rows": "delete", "orphaned_objects": "delete", "max_delete_fraction": 0.1},
     )
     found: list[dict] = []
-    with pytest.raises(reconcile.ReconcileRefused) as caught:
+    with pytest.raises(errors.ReconcileRefused) as caught:
         reconcile.run(settings, ReconcileOptions(repair=True), sink=found.append)
 
     refused = caught.value.summary.refused
@@ -494,7 +494,7 @@ def test_a_stopped_run_is_incomplete_never_clean(conn, s3, db_url):
     plant(conn, s3)
     stop = threading.Event()
     stop.set()
-    with pytest.raises(reconcile.ReconcileIncomplete, match="stopped before the end") as info:
+    with pytest.raises(errors.ReconcileIncomplete, match="stopped before the end") as info:
         reconcile.run(make_settings(db_url), ReconcileOptions(), stop=stop)
     assert info.value.summary.failed
     outcome = conn.execute("select outcome from trr_assets.reconcile_runs order by id desc limit 1").fetchone()[0]

@@ -121,7 +121,7 @@ def test_text_report_keeps_each_finding_on_one_line():
     """A key with a newline (legal in S3) cannot break the text table: control characters are escaped."""
     import io
 
-    from trr_assets.reconcile import TextReport
+    from trr_assets.cli.render import TextReport
 
     out = io.StringIO()
     TextReport(out).finding({

@@ -15,7 +15,7 @@ import pytest
 
 from tests.conftest import TEST_BUCKET, make_settings
 from tests.reconcile_helpers import add_row, keys_of, object_keys, plant, put, row_keys, run
-from trr_assets import reconcile
+from trr_assets import errors, reconcile
 from trr_assets.errors import UsageError
 
 INVENTORY_BUCKET = "trr-inventory-reports"
@@ -144,6 +144,6 @@ def test_unreadable_report_file_refuses_repair(conn, s3, db_url):
     s3.put_object(Bucket=INVENTORY_BUCKET, Key=manifest["files"][1]["key"], Body=b"not gzip at all")
     settings = make_settings(db_url, reconcile={"orphaned_rows": "delete", "max_delete_fraction": 1.0})
     before = row_keys(conn)
-    with pytest.raises(reconcile.ReconcileRefused, match="not a readable gzip CSV report"):
+    with pytest.raises(errors.ReconcileRefused, match="not a readable gzip CSV report"):
         run(settings, inventory=url, repair=True)
     assert row_keys(conn) == before

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import sys
 import threading
 import uuid
 
 import structlog
 
 from trr_assets import sync
+from trr_assets.cli.render import SyncBar
 
 from tests.conftest import TEST_BUCKET, make_show
 from tests.sync_helpers import HeadCounter, put, rows, run, show_key, sync_settings, versions
@@ -190,9 +192,9 @@ def test_progress_goes_to_stderr_only_when_wanted(conn, db_url, s3, capsys):
     put(s3, show_key(make_show(conn), "a.jpg"))
     settings = sync_settings(db_url)
 
-    sync.run(settings, client=s3, progress=None)  # pytest's stderr is no terminal
+    sync.run(settings, client=s3, progress=None)  # what the CLI passes when stderr is no terminal
     quiet = capsys.readouterr()
-    sync.run(settings, client=s3, progress=True)
+    sync.run(settings, client=s3, progress=SyncBar(sys.stderr))
     drawn = capsys.readouterr()
 
     assert "keys scanned" not in quiet.err

@@ -62,6 +62,25 @@ def test_cli_sync_prints_the_report_and_exits_1_when_a_bucket_failed(conn, db_ur
     assert len(report["failed"]) == 1 and MISSING_BUCKET in report["failed"][0]
 
 
+def test_cli_sync_names_the_failed_bucket_in_one_error_line_on_stderr(conn, db_url, s3, tmp_path, capsys):
+    """A failed bucket is a failure at run time (SPEC: exit 1, the error on stderr in one line), besides the
+    JSON report on stdout."""
+    put(s3, show_key(make_show(conn), "a.jpg"))
+    config = tmp_path / "config.toml"
+    config.write_text(
+        f"[database]\nurl = {json.dumps(db_url)}\n"
+        f"[s3]\nbuckets = [{json.dumps(TEST_BUCKET)}, {json.dumps(MISSING_BUCKET)}]\n"
+    )
+
+    code = cli.main(["--config", str(config), "sync"])
+
+    err = capsys.readouterr().err
+    assert code == 1 and "Traceback" not in err
+    assert [line for line in err.splitlines() if not line.startswith("{")] == [
+        f"trr-assets: error: sync: {MISSING_BUCKET}: s3: bucket {MISSING_BUCKET} does not exist or is not visible"
+    ]
+
+
 def test_cli_sync_exits_0_when_every_bucket_synced(conn, db_url, s3, tmp_path, capsys):
     """`trr-assets sync` exits 0 when no bucket failed."""
     put(s3, show_key(make_show(conn), "a.jpg"))

@@ -20,7 +20,7 @@ from apscheduler.triggers.cron import CronTrigger
 from tests.conftest import make_settings
 from trr_assets import worker
 from trr_assets.config import Settings
-from trr_assets.errors import DatabaseError, RepairRefused
+from trr_assets.errors import DatabaseError, ReconcileRefused
 from trr_assets.worker import Job, JobContext, JobResult, Worker
 
 LOCK_KEY = 4242
@@ -207,17 +207,15 @@ def test_a_run_that_failed_for_one_bucket_is_a_failed_run_with_its_counts(fast_s
 
 
 class _Summary:
+    failures = ("bucket b: would delete 200 rows, max_deletes is 100",)
+
     def as_dict(self) -> dict[str, Any]:
         return {"orphaned_rows": 200}
 
 
-class _RefusedWithSummary(RepairRefused):
-    summary = _Summary()
-
-
 def test_a_refused_repair_is_its_own_outcome_and_keeps_the_runs_counts(fast_settings):
     def refused(ctx: JobContext) -> JobResult:
-        raise _RefusedWithSummary("reconcile: bucket b: would delete 200 rows, max_deletes is 100")
+        raise ReconcileRefused("reconcile: bucket b: would delete 200 rows, max_deletes is 100", _Summary())
 
     job = _job(refused)
     with structlog.testing.capture_logs() as logs:

@@ -24,7 +24,7 @@ import structlog
 from psycopg_pool import ConnectionPool, PoolTimeout
 
 from trr_assets.config import DatabaseSettings
-from trr_assets.errors import DatabaseError, MigrationError, UsageError
+from trr_assets.errors import DatabaseError, MigrationError, UsageError, one_line
 
 log = structlog.get_logger()
 
@@ -35,30 +35,16 @@ MIGRATE_LOCK_KEY = 0x7472725F6D6967  # "trr_mig"
 NO_TRANSACTION_MARKER = "-- trr-assets: no-transaction"
 
 
-# --- secrets -----------------------------------------------------------------
-
-
-def redact_url(url: str) -> str:
-    """The connection string with any password replaced by ``***``."""
-    url = re.sub(r"(://[^:/@?]*:)[^@/?]*@", r"\1***@", url)  # scheme://user:secret@host
-    return re.sub(r"(password\s*=\s*)('[^']*'|[^\s&]+)", r"\1***", url)  # key=value and ?password=
-
-
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip().splitlines()
-    return text[0] if text else type(exc).__name__
-
-
 @contextmanager
 def wrap_errors(action: str) -> Iterator[None]:
     """Turn psycopg and pool errors into one-line ``DatabaseError``."""
     try:
         yield
     except psycopg.Error as exc:
-        raise DatabaseError(f"database: {action}: {_first_line(exc)}") from exc
+        raise DatabaseError(f"database: {action}: {one_line(exc)}") from exc
     except Exception as exc:  # psycopg_pool.PoolTimeout and friends
         if type(exc).__module__.startswith("psycopg_pool"):
-            raise DatabaseError(f"database: {action}: {_first_line(exc)}") from exc
+            raise DatabaseError(f"database: {action}: {one_line(exc)}") from exc
         raise
 
 
@@ -69,7 +55,7 @@ def _conninfo(url: str, **extra: Any) -> str:
     try:
         return psycopg.conninfo.make_conninfo(url, **extra)
     except psycopg.ProgrammingError as exc:
-        raise DatabaseError(f"database: database.url is not a valid connection string ({_first_line(exc)})") from exc
+        raise DatabaseError(f"database: database.url is not a valid connection string ({one_line(exc)})") from exc
 
 
 def connect(
@@ -250,12 +236,7 @@ def migrate(settings: DatabaseSettings, *, enable: Sequence[str] = ()) -> list[s
             with wrap_errors("migrate: cannot create trr_assets.schema_migrations"):
                 with conn.transaction():
                     conn.execute(_MIGRATIONS_TABLE)
-                done = {
-                    name: checksum
-                    for name, checksum in conn.execute(
-                        "select name, checksum from trr_assets.schema_migrations"
-                    ).fetchall()
-                }
+                done = _recorded(conn)
             for migration in wanted:
                 if migration.name in done:
                     if done[migration.name] != migration.checksum:
@@ -264,11 +245,17 @@ def migrate(settings: DatabaseSettings, *, enable: Sequence[str] = ()) -> list[s
                 _apply(conn, migration)
                 applied_now.append(migration.name)
                 log.info("migration_applied", migration=migration.name)
+                done = _recorded(conn)  # a migration may bring an older record up to date
         finally:
             if not conn.closed:
                 with wrap_errors("migrate: cannot release the migration lock"):
                     conn.execute("select pg_advisory_unlock(%s)", (MIGRATE_LOCK_KEY,))
     return applied_now
+
+
+def _recorded(conn: psycopg.Connection[Any]) -> dict[str, str]:
+    """{migration name: checksum} of the applied migrations."""
+    return dict(conn.execute("select name, checksum from trr_assets.schema_migrations").fetchall())
 
 
 def _apply(conn: psycopg.Connection[Any], migration: Migration) -> None:
@@ -282,7 +269,7 @@ def _apply(conn: psycopg.Connection[Any], migration: Migration) -> None:
             conn.execute(migration.sql.encode())
             conn.execute(record, (migration.name, migration.checksum))
     except psycopg.Error as exc:
-        raise MigrationError(f"migrate: {migration.name} failed: {_first_line(exc)}") from exc
+        raise MigrationError(f"migrate: {migration.name} failed: {one_line(exc)}") from exc
 
 
 def applied_migrations(conn: psycopg.Connection[Any]) -> list[str]:

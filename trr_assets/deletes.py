@@ -93,6 +93,13 @@ class DrainReport:
         """Deletions S3 refused during this run."""
         return self.retried + self.gave_up
 
+    @property
+    def failures(self) -> tuple[str, ...]:
+        """The deletions S3 refused this run, as one line (they stay queued)."""
+        if not self.errors:
+            return ()
+        return (f"S3 refused {self.errors} deletion(s) this run ({self.gave_up} given up); see the logs",)
+
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
 
@@ -108,6 +115,14 @@ class DeleteReport:
     pending: int
     not_found: list[str]
     failed: int = 0
+
+    @property
+    def failures(self) -> tuple[str, ...]:
+        """The object deletions not done yet, as one line (they stay queued)."""
+        left = self.pending + self.failed
+        if not left:
+            return ()
+        return (f"{left} object deletion(s) not done yet; they stay queued for the worker",)
 
     def as_dict(self) -> dict[str, Any]:
         return {

@@ -7,6 +7,8 @@ nothing else decides exit codes.
 
 from __future__ import annotations
 
+from typing import Any, Protocol
+
 
 class TrrAssetsError(Exception):
     """Root of every error trr-assets raises on purpose.
@@ -64,3 +66,41 @@ class RepairRefused(TrrAssetsError):
     """``reconcile --repair`` refused by a safety limit; nothing deleted (exit 4)."""
 
     exit_code = 4
+
+
+class Summary(Protocol):
+    """What every job's report offers: its figures, and what failed."""
+
+    @property
+    def failures(self) -> tuple[str, ...]:
+        """One line per part that failed; empty when the whole run succeeded."""
+        ...
+
+    def as_dict(self) -> dict[str, Any]: ...
+
+
+class PartialFailure(TrrAssetsError):
+    """A job ran but part of it failed (exit 1); ``summary`` is its report.
+
+    The one way a partial failure reaches the edge: the CLI renders the
+    summary, then exits with this error's code; the worker logs the summary's
+    figures with the failure.
+    """
+
+    def __init__(self, message: str, summary: Summary) -> None:
+        super().__init__(message)
+        self.summary = summary
+
+
+class ReconcileIncomplete(PartialFailure):
+    """A bucket could not be read whole, or repairs failed (exit 1)."""
+
+
+class ReconcileRefused(RepairRefused, PartialFailure):
+    """Repair refused for at least one bucket by a safety limit (exit 4)."""
+
+
+def one_line(exc: BaseException) -> str:
+    """The first line of an exception's message, or its class name when it has none."""
+    lines = str(exc).strip().splitlines()
+    return lines[0] if lines else type(exc).__name__

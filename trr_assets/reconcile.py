@@ -25,7 +25,6 @@ orphaned objects: they are counted as ``in_quarantine``, never as orphans.
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import csv
 import dataclasses
@@ -36,7 +35,6 @@ import json
 import math
 import re
 import socket
-import sys
 import threading
 import time
 import urllib.parse
@@ -47,7 +45,7 @@ from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
-from typing import Any, TextIO
+from typing import Any
 
 import psycopg
 import structlog
@@ -57,12 +55,14 @@ from trr_assets import db, diff, erasures, keys, reconcile_versions, storage, sy
 from trr_assets.config import Settings
 from trr_assets.diff import Batch, Diff, Kind
 from trr_assets.errors import (
-    DriftFound,
-    RepairRefused,
+    ReconcileIncomplete,
+    ReconcileRefused,
     StorageError,
     TrrAssetsError,
     UsageError,
+    one_line,
 )
+from trr_assets.scan import NoProgress, Progress
 from trr_assets.keys import KeyRange, SkipReason
 from trr_assets.storage import ObjectInfo
 
@@ -163,6 +163,15 @@ class ReconcileSummary:
         names = reconcile_versions.SCAN_COUNTS + (() if self.dry_run else reconcile_versions.REPAIR_COUNTS)
         return {name: sum(b.get(name, 0) for b in self.versions_by_bucket.values()) for name in names}
 
+    @property
+    def failures(self) -> tuple[str, ...]:
+        """The refused buckets, the buckets not read whole, and the failed repairs."""
+        errors = [*self.refused, *self.failed]
+        action_errors = self.action_errors + self.version_counts().get("version_action_errors", 0)
+        if action_errors:
+            errors.append(f"{action_errors} repairs failed (see the report)")
+        return tuple(errors)
+
     def counts(self) -> dict[str, int]:
         return {**{name: getattr(self, name) for name in (*SCAN_COUNTS, *REPAIR_COUNTS)}, **self.version_counts()}
 
@@ -184,22 +193,6 @@ class ReconcileSummary:
         }
 
 
-class ReconcileRefused(RepairRefused):
-    """Repair refused for at least one bucket (exit 4); carries the summary."""
-
-    def __init__(self, summary: ReconcileSummary) -> None:
-        super().__init__("reconcile: " + "; ".join(summary.refused))
-        self.summary = summary
-
-
-class ReconcileIncomplete(TrrAssetsError):
-    """A bucket could not be read whole, or repairs failed (exit 1); carries the summary."""
-
-    def __init__(self, summary: ReconcileSummary, message: str) -> None:
-        super().__init__(message)
-        self.summary = summary
-
-
 # --- small helpers ---------------------------------------------------------------
 
 
@@ -209,11 +202,6 @@ def _iso(value: datetime) -> str:
 
 def _utcnow() -> datetime:
     return datetime.now(timezone.utc)
-
-
-def _one_line(exc: BaseException) -> str:
-    text = str(exc).strip().splitlines()
-    return text[0] if text else type(exc).__name__
 
 
 def default_run_by() -> str:
@@ -355,7 +343,7 @@ def _inventory_rows(
                 ]
         except (OSError, EOFError, zlib.error, csv.Error, UnicodeDecodeError, IndexError, ValueError) as exc:
             raise StorageError(
-                f"s3: inventory file {file_key} is not a readable gzip CSV report ({_one_line(exc)})"
+                f"s3: inventory file {file_key} is not a readable gzip CSV report ({one_line(exc)})"
             ) from exc
 
 
@@ -389,48 +377,6 @@ def _inventory_objects(conn: psycopg.Connection[Any], key_range: KeyRange) -> It
         for key, size, etag, last_modified in cursor:
             yield ObjectInfo(key, size or 0, etag or "", last_modified)
     cursor.close()
-
-
-# --- progress ----------------------------------------------------------------------
-
-
-class TerminalProgress:
-    """A one-line counter on a terminal (stderr), redrawn at most twice a second."""
-
-    def __init__(self, stream: TextIO) -> None:
-        self._stream = stream
-        self._lock = threading.Lock()
-        self._keys = 0
-        self._units_done = 0
-        self._units = 0
-        self._phase = ""
-        self._drawn_at = 0.0
-
-    def start(self, phase: str, units: int) -> None:
-        with self._lock:
-            self._phase, self._units, self._units_done, self._keys = phase, units, 0, 0
-        self._draw(force=True)
-
-    def advance(self, keys_seen: int = 0, units_done: int = 0) -> None:
-        with self._lock:
-            self._keys += keys_seen
-            self._units_done += units_done
-        self._draw(force=bool(units_done))
-
-    def finish(self) -> None:
-        self._draw(force=True)
-        self._stream.write("\n")
-        self._stream.flush()
-
-    def _draw(self, *, force: bool = False) -> None:
-        now = time.monotonic()
-        with self._lock:
-            if not force and now - self._drawn_at < 0.5:
-                return
-            self._drawn_at = now
-            line = f"\rreconcile {self._phase}: {self._keys:,} keys, {self._units_done}/{self._units} shards\x1b[K"
-        self._stream.write(line)
-        self._stream.flush()
 
 
 # --- the run -----------------------------------------------------------------------
@@ -506,7 +452,7 @@ class _Reconciler:
         prefix: str,
         cutoff: datetime,
         sink: Sink | None,
-        progress: TerminalProgress | None,
+        progress: Progress | None,
         inventory: InventoryManifest | None,
         stop: threading.Event | None = None,
     ) -> None:
@@ -518,7 +464,7 @@ class _Reconciler:
         self.prefix = prefix
         self.cutoff = cutoff
         self.sink = sink
-        self.progress = progress
+        self.progress = progress or NoProgress()
         self.inventory = inventory
         self.states = {bucket: _BucketState() for bucket in buckets}
         self.lock = threading.Lock()  # guards states, budgets and the sink
@@ -572,8 +518,7 @@ class _Reconciler:
         return [_Unit(bucket, diff.prefix_range(self.prefix))]
 
     def _pass(self, units: list[_Unit], *, phase: str, emit: bool, act: bool) -> None:
-        if self.progress:
-            self.progress.start(phase, len(units))
+        self.progress.start(phase, len(units))
         with ThreadPoolExecutor(max_workers=max(1, min(self.workers, len(units))),
                                 thread_name_prefix="reconcile") as pool:
             futures = [pool.submit(self._run_unit, unit, emit=emit, act=act) for unit in units]
@@ -582,15 +527,14 @@ class _Reconciler:
         if emit:
             for bucket in dict.fromkeys(u.bucket for u in units):
                 self._count_failed_deletes(bucket)
-        if self.progress:
-            self.progress.finish()
+        self.progress.finish()
 
     def _fail(self, bucket: str, exc: BaseException) -> None:
         with self.lock:
             state = self.states[bucket]
             if state.error is None:
-                state.error = _one_line(exc)
-        log.error("reconcile_bucket_failed", bucket=bucket, error=_one_line(exc))
+                state.error = one_line(exc)
+        log.error("reconcile_bucket_failed", bucket=bucket, error=one_line(exc))
 
     # -- one unit: merge, classify, report, act
 
@@ -618,8 +562,7 @@ class _Reconciler:
                         if act and state.error is not None:
                             return  # another shard of this bucket failed: stop repairing it
                         self._handle(d, unit.bucket, counts, emit=emit, act_conn=act_conn)
-                    if self.progress:
-                        self.progress.advance(batch.same + len(batch.diffs))
+                    self.progress.advance(keys=batch.same + len(batch.diffs))
                     if self._stopped(unit.bucket):
                         return
         except (TrrAssetsError, ValueError) as exc:  # ValueError: a stream out of order
@@ -629,8 +572,7 @@ class _Reconciler:
             counts["rows_scanned"] += in_sync
             with self.lock:
                 (state.counts if emit else state.plan).update(counts)
-            if self.progress:
-                self.progress.advance(0, units_done=1)
+            self.progress.advance(units_done=1)
 
     def _diffs(self, stack: contextlib.ExitStack, conn: psycopg.Connection[Any], unit: _Unit) -> Iterator[Batch]:
         if self.inventory_conn is not None:
@@ -702,8 +644,8 @@ class _Reconciler:
                 return self._repair_row(bucket, d, conn)
             return self._refresh(bucket, d, conn)
         except TrrAssetsError as exc:
-            log.warning("reconcile_repair_failed", bucket=bucket, key=d.key, error=_one_line(exc))
-            return "failed", {"error": _one_line(exc)}
+            log.warning("reconcile_repair_failed", bucket=bucket, key=d.key, error=one_line(exc))
+            return "failed", {"error": one_line(exc)}
 
     def _take_budget(self, bucket: str, kind: str) -> bool:
         with self.lock:
@@ -958,7 +900,7 @@ def run(
     sink: Sink | None = None,
     client: Any = None,
     clock: Callable[[], datetime] = _utcnow,
-    progress: TerminalProgress | None = None,
+    progress: Progress | None = None,
     stop: threading.Event | None = None,
 ) -> ReconcileSummary:
     """Classify every key, report each finding to ``sink`` as it is found, repair on request.
@@ -994,7 +936,7 @@ def run(
     try:
         reconciler.execute()
     except BaseException as exc:
-        _record_finish(settings, run_id, "failed", {}, _one_line(exc))
+        _record_finish(settings, run_id, "failed", {}, one_line(exc))
         raise
     summary = reconciler.summary(started_at, time.monotonic() - began, run_id)
     if options.versions:
@@ -1005,12 +947,12 @@ def run(
     _record_finish(settings, run_id, _outcome(summary), summary.counts(), "; ".join(errors) or None)
     log.info("reconcile_finished", run_id=run_id, drift=summary.drift, **summary.counts())
     if summary.refused:
-        raise ReconcileRefused(summary)
+        raise ReconcileRefused("reconcile: " + "; ".join(summary.refused), summary)
     if summary.failed:
-        raise ReconcileIncomplete(summary, "reconcile: " + "; ".join(summary.failed))
+        raise ReconcileIncomplete("reconcile: " + "; ".join(summary.failed), summary)
     action_errors = summary.action_errors + summary.version_counts().get("version_action_errors", 0)
     if action_errors:
-        raise ReconcileIncomplete(summary, f"reconcile: {action_errors} repairs failed (see the report)")
+        raise ReconcileIncomplete(f"reconcile: {action_errors} repairs failed (see the report)", summary)
     return summary
 
 
@@ -1037,7 +979,7 @@ def _with_versions(
         ).execute()
     except BaseException as exc:
         if run_id_ is not None:
-            _record_finish(settings, run_id_, "failed", {}, _one_line(exc))
+            _record_finish(settings, run_id_, "failed", {}, one_line(exc))
         raise
     refused, failed = list(summary.refused), list(summary.failed)
     for bucket, state in states.items():
@@ -1062,163 +1004,3 @@ def _buckets(settings: Settings, options: ReconcileOptions, manifest: InventoryM
     if not buckets:
         raise UsageError("reconcile: no bucket to reconcile (set s3.buckets or pass --bucket)")
     return buckets
-
-
-# --- the command line --------------------------------------------------------------
-
-
-class JsonlReport:
-    """One JSON object per line: each finding as it comes, then the summary."""
-
-    def __init__(self, out: TextIO) -> None:
-        self.out = out
-
-    def finding(self, item: dict[str, Any]) -> None:
-        self.out.write(json.dumps(item) + "\n")
-
-    def summary(self, summary: ReconcileSummary) -> None:
-        self.out.write(json.dumps({"kind": "summary", **summary.as_dict()}) + "\n")
-
-
-class TextReport:
-    """A table of findings, written as they come, then the totals."""
-
-    def __init__(self, out: TextIO) -> None:
-        self.out = out
-        self.rows = 0
-
-    def finding(self, item: dict[str, Any]) -> None:
-        if self.rows == 0:
-            self.out.write(f"{'KIND':<16} {'ACTION':<12} {'SIZE':>12}  BUCKET/KEY  DETAIL\n")
-        self.rows += 1
-        size = "" if item.get("size") is None else str(item["size"])
-        self.out.write(
-            f"{item['kind']:<16} {item['action']:<12} {size:>12}  {item['bucket']}/{_printable(item['key'])}  "
-            f"{self._detail(item)}\n"
-        )
-
-    @staticmethod
-    def _detail(item: dict[str, Any]) -> str:
-        parts = []
-        if item["kind"] == "orphaned_object":
-            parts.append(f"modified {item['last_modified']}")
-        elif item["kind"] == "orphaned_row":
-            parts.append(f"asset {item['asset_id']}, updated {item['updated_at']}")
-        elif item["kind"] in ("orphaned_versions", "lone_delete_marker"):
-            parts.append(f"{item.get('versions', 0)} versions, {item['delete_markers']} delete markers, "
-                         f"newest {item['last_modified']}")
-        elif item["kind"] == "incomplete_upload":
-            parts.append(f"upload {item['upload_id']}, started {item['initiated']}")
-        else:
-            parts.append(
-                f"asset {item['asset_id']}: object {item['size']} bytes etag {item['etag']}, "
-                f"row {item['row_size']} bytes etag {item['row_etag']}"
-            )
-        for name in ("reason", "quarantine_key", "error"):
-            if item.get(name):
-                parts.append(f"{name.replace('_', ' ')}: {item[name]}")
-        return "; ".join(parts)
-
-    def summary(self, summary: ReconcileSummary) -> None:
-        if self.rows == 0:
-            self.out.write("No findings.\n")
-        mode = "dry run" if summary.dry_run else "repair"
-        where = ", ".join(summary.buckets)
-        self.out.write(f"\nReconcile ({mode}, from the {summary.source}) of {where} under {summary.prefix!r}:\n")
-        names = SCAN_COUNTS if summary.dry_run else (*SCAN_COUNTS, *REPAIR_COUNTS)
-        for name in names:
-            self.out.write(f"  {name.replace('_', ' '):<18} {getattr(summary, name):>12,}\n")
-        for name, value in summary.version_counts().items():
-            self.out.write(f"  {name.replace('_', ' '):<18} {value:>12,}\n")
-        self.out.write(f"  {'duration':<18} {summary.duration_seconds:>11.1f}s\n")
-        self.out.write("Drift found.\n" if summary.drift else "No drift.\n")
-        for line in summary.refused:
-            self.out.write(f"REFUSED: {line}\n")
-        for line in summary.failed:
-            self.out.write(f"FAILED: {line}\n")
-
-
-def _printable(key: str) -> str:
-    """A key on one table line: control characters (legal in S3 keys) escaped."""
-    return _CONTROL.sub(lambda m: f"\\x{ord(m.group()):02x}", key)
-
-
-_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
-
-
-def _history_text(runs: list[dict[str, Any]], out: TextIO) -> None:
-    if not runs:
-        out.write("No reconcile runs recorded yet.\n")
-        return
-    out.write(
-        f"{'ID':>5}  {'STARTED':<20}  {'MODE':<7}  {'OUTCOME':<8}  {'OBJECTS':>9}  {'ROWS':>9}  "
-        f"{'ORPH_OBJ':>8}  {'ORPH_ROW':>8}  {'MISMATCH':>8}  {'SECONDS':>7}  RUN BY\n"
-    )
-    for r in runs:
-        c = r["counts"] or {}
-        seconds = ""
-        if r["finished_at"]:
-            start = datetime.fromisoformat(r["started_at"])
-            seconds = f"{(datetime.fromisoformat(r['finished_at']) - start).total_seconds():.1f}"
-        out.write(
-            f"{r['id']:>5}  {r['started_at'][:19]:<20}  {'dry-run' if r['dry_run'] else 'repair':<7}  "
-            f"{r['outcome']:<8}  {c.get('objects_scanned', 0):>9}  {c.get('rows_scanned', 0):>9}  "
-            f"{c.get('orphaned_objects', 0):>8}  {c.get('orphaned_rows', 0):>8}  {c.get('mismatched', 0):>8}  "
-            f"{seconds:>7}  {r['run_by']}\n"
-        )
-
-
-@contextlib.contextmanager
-def _output(path: str | None) -> Iterator[TextIO]:
-    if path is None:
-        yield sys.stdout
-        sys.stdout.flush()
-        return
-    try:
-        handle = open(path, "w", encoding="utf-8")  # noqa: SIM115 - closed below
-    except OSError as exc:
-        raise UsageError(f"reconcile: cannot write --output {path}: {exc.strerror}") from exc
-    with handle:
-        yield handle
-
-
-def run_cli(args: argparse.Namespace, settings: Settings) -> int:
-    """``trr-assets reconcile``: report (jsonl or text), history, exit codes."""
-    if args.history:
-        if args.repair or args.inventory:
-            raise UsageError("reconcile: --history only prints past runs; drop --repair and --inventory")
-        with _output(args.output) as out:
-            runs = history(settings)
-            if args.format == "jsonl":
-                for r in runs:
-                    out.write(json.dumps(r, default=str) + "\n")
-            else:
-                _history_text(runs, out)
-        return 0
-    options = ReconcileOptions(
-        repair=bool(args.repair),
-        buckets=args.bucket or None,
-        prefix=args.prefix,
-        grace_seconds=args.grace_seconds,
-        force=bool(args.force),
-        inventory=args.inventory,
-        versions=bool(getattr(args, "versions", False)),
-    )
-    if options.versions and options.inventory:
-        raise UsageError("reconcile: --versions lists the bucket; it does not go with --inventory")
-    progress = TerminalProgress(sys.stderr) if sys.stderr.isatty() else None
-    with _output(args.output) as out:
-        report = JsonlReport(out) if args.format == "jsonl" else TextReport(out)
-        try:
-            summary = run(settings, options, sink=report.finding, progress=progress)
-        except (ReconcileRefused, ReconcileIncomplete) as exc:
-            report.summary(exc.summary)
-            raise
-        report.summary(summary)
-    if args.exit_code and summary.drift:
-        raise DriftFound(
-            f"reconcile: drift found: {summary.orphaned_objects} orphaned objects, "
-            f"{summary.orphaned_rows} orphaned rows, {summary.mismatched} mismatched, "
-            f"{summary.failed_deletes} failed deletions"
-        )
-    return 0

@@ -42,7 +42,7 @@ import structlog
 
 from trr_assets import db, diff, erasures, keys, storage_versions
 from trr_assets.config import Settings
-from trr_assets.errors import TrrAssetsError
+from trr_assets.errors import TrrAssetsError, one_line
 from trr_assets.storage_versions import UploadInfo, VersionInfo
 
 log = structlog.get_logger()
@@ -175,7 +175,7 @@ class VersionsPass:
         with self.lock:
             state = self.states[bucket]
             if state.error is None:
-                state.error = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+                state.error = one_line(exc)
         log.error("reconcile_versions_bucket_failed", bucket=bucket, error=state.error)
 
     def _skip(self, bucket: str, act: bool) -> bool:
@@ -271,7 +271,7 @@ class VersionsPass:
         except TrrAssetsError as exc:
             counts["version_action_errors"] += 1
             log.warning("reconcile_versions_repair_failed", bucket=bucket, key=item.key, error=str(exc))
-            return "failed", {"error": str(exc).splitlines()[0]}
+            return "failed", {"error": one_line(exc)}
         counts["deleted_versions"] += sum(1 for v in deleted if not v.is_delete_marker)
         counts["deleted_delete_markers"] += sum(1 for v in deleted if v.is_delete_marker)
         if refused:
@@ -361,7 +361,7 @@ class VersionsPass:
                                                                   upload.upload_id), None))
         except TrrAssetsError as exc:
             counts["version_action_errors"] += 1
-            return "failed", {"error": str(exc).splitlines()[0]}
+            return "failed", {"error": one_line(exc)}
         if not aborted:
             counts["skipped_versions"] += 1
             return "skipped", {"reason": "gone"}

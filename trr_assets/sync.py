@@ -22,7 +22,6 @@ import contextvars
 import functools
 import os
 import re
-import sys
 import threading
 import time
 import uuid
@@ -30,17 +29,19 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import Executor, Future, ThreadPoolExecutor
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
+from datetime import datetime, timezone
 from itertools import islice
-from typing import Any, NamedTuple, TextIO
+from typing import Any, NamedTuple
 
 import psycopg
 import psycopg.errors
 import structlog
 from psycopg_pool import ConnectionPool
 
-from trr_assets import db, diff, keys, logs, storage, storage_heads
+from trr_assets import db, diff, keys, logs, metadata, storage, storage_heads
 from trr_assets.config import Settings
-from trr_assets.errors import DatabaseError, TrrAssetsError
+from trr_assets.errors import DatabaseError, TrrAssetsError, one_line
+from trr_assets.scan import NoProgress, Progress
 from trr_assets.storage import ObjectInfo
 
 log = structlog.get_logger()
@@ -118,6 +119,7 @@ class BucketReport:
     vanished: int
     skipped_by_reason: dict[str, int]
     error: str | None = None
+    filled: int = 0  # rows written from the listing alone that this pass HEADed (sync.metadata)
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -130,6 +132,7 @@ class BucketReport:
             "vanished": self.vanished,
             "skipped_by_reason": dict(self.skipped_by_reason),
             "error": self.error,
+            "filled": self.filled,
         }
 
 
@@ -154,6 +157,12 @@ class SyncReport:
     vanished: int = 0
     buckets: dict[str, BucketReport] = field(default_factory=dict)
     stopped: bool = False  # a stop was requested; the pass ended early
+    filled: int = 0  # rows written from the listing alone that this pass HEADed (sync.metadata)
+
+    @property
+    def failures(self) -> tuple[str, ...]:
+        """One line per failed bucket (``failed``)."""
+        return tuple(self.failed)
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -168,6 +177,7 @@ class SyncReport:
             "skipped_by_reason": dict(self.skipped_by_reason),
             "failed": list(self.failed),
             "stopped": self.stopped,
+            "filled": self.filled,
             "buckets": {name: report.as_dict() for name, report in self.buckets.items()},
         }
 
@@ -185,6 +195,7 @@ def upsert_objects(
     head_pool: Executor | None = None,
     head_client: storage_heads.HeadClient | None = None,
     absent: bool = False,
+    from_listing: bool = False,
 ) -> UpsertCounts:
     """Insert or refresh the rows of ``objects`` (new or changed objects of ``bucket``).
 
@@ -198,7 +209,9 @@ def upsert_objects(
     HEAD requests (default: a pool of ``s3.head_concurrency`` for this call),
     a run of consecutive objects per task, sized for about four runs per
     ``s3.head_concurrency`` worker (``_Heads``); with ``head_client`` (a
-    ``storage_heads.HeadClient``), that client sends them instead.
+    ``storage_heads.HeadClient``), that client sends them instead. With
+    ``from_listing``, nothing is HEADed: each row is made from the listing
+    alone (``metadata``: the content type guessed from the key, no owner id).
 
     ``absent=True`` says the keys had no row and no queued deletion when the
     caller last looked (sync's new objects): each batch is then first COPYed
@@ -212,7 +225,7 @@ def upsert_objects(
     pattern = re.compile(settings.s3.key_pattern)
     own_pool = head_pool is None
     pool = head_pool or ThreadPoolExecutor(settings.s3.head_concurrency, thread_name_prefix="trr-head")
-    heads = _Heads(client, bucket, pool, settings.s3.head_concurrency, head_client)
+    heads = _Heads(client, bucket, pool, settings.s3.head_concurrency, head_client, from_listing)
     write = functools.partial(_write_new if absent else _write_changed, conn, heads)
     batches = (_parse(chunk, pattern) for chunk in _chunks(objects, settings.sync.batch_size))
     try:
@@ -346,6 +359,7 @@ class _Heads:
     pool: Executor
     workers: int
     native: storage_heads.HeadClient | None = None
+    from_listing: bool = False  # no HEADs: rows from the listing alone (sync.metadata = "listing")
 
     def __call__(self, todo: list[tuple[ObjectInfo, str]]) -> Iterator[_Row | None]:
         """Each object's HEAD answer as a row (None: gone), in order, as they come.
@@ -359,6 +373,9 @@ class _Heads:
         the parallelism it can use.
         """
         client, bucket = self.client, self.bucket
+        if self.from_listing:
+            guess = metadata.guess_content_type
+            return (_Row(obj.key, show_id, obj.size, obj.etag, guess(obj.key), None) for obj, show_id in todo)
         if self.native is not None:
             answers = self.native.heads(bucket, [obj.key for obj, _ in todo])
             return (_row(obj, show_id, answer) for (obj, show_id), answer in zip(todo, answers))
@@ -567,43 +584,6 @@ def _counters(count: int) -> list[str]:
 # --- one pass ------------------------------------------------------------------
 
 
-class _Progress:
-    """A one-line progress display on stderr, redrawn at most once a second."""
-
-    def __init__(self, enabled: bool, stream: TextIO) -> None:
-        self._enabled = enabled
-        self._stream = stream
-        self._lock = threading.Lock()
-        self._scanned = self._written = 0
-        self._started = self._last = time.monotonic()
-
-    def add(self, scanned: int, written: int) -> None:
-        if not self._enabled:
-            return
-        with self._lock:
-            self._scanned += scanned
-            self._written += written
-            now = time.monotonic()
-            if now - self._last >= 1.0:
-                self._last = now
-                self._draw(now)
-
-    def _draw(self, now: float) -> None:
-        self._stream.write(
-            f"\rsync: {self._scanned:,} keys scanned, {self._written:,} rows written,"
-            f" {now - self._started:.0f}s "
-        )
-        self._stream.flush()
-
-    def close(self) -> None:
-        """Draw the final figures and end the line."""
-        if self._enabled:
-            with self._lock:
-                self._draw(time.monotonic())
-                self._stream.write("\n")
-                self._stream.flush()
-
-
 class _BucketTally:
     """Counts of one bucket, added to by its units (threads)."""
 
@@ -616,6 +596,7 @@ class _BucketTally:
         self.same = 0
         self.pending = 0
         self.upserts = UpsertCounts()
+        self.filled = 0  # rows written from the listing alone, HEADed by this pass
 
     def add(self, scanned: int, same: int, pending: int, upserts: UpsertCounts) -> None:
         with self.lock:
@@ -643,6 +624,7 @@ class _BucketTally:
             vanished=u.vanished,
             skipped_by_reason=dict(u.skipped_by_reason),
             error=self.error,
+            filled=self.filled,
         )
 
 
@@ -655,7 +637,7 @@ class _Context:
     native: storage_heads.HeadClient | None
     splits: storage.ListingSplits
     prefix: str
-    progress: _Progress
+    progress: Progress
     stop: threading.Event
 
 
@@ -665,14 +647,14 @@ def run(
     buckets: Sequence[str] | None = None,
     prefix: str | None = None,
     client: Any = None,
-    progress: bool | None = None,
+    progress: Progress | None = None,
     stop: threading.Event | None = None,
 ) -> SyncReport:
     """One sync pass over ``buckets`` (default ``s3.buckets``) under ``prefix``.
 
     A bucket that fails (missing, S3 or database error) is reported in
-    ``failed`` and does not stop the others. ``progress`` (default: stderr is
-    a terminal) draws a progress line on stderr. Setting ``stop`` ends the
+    ``failed`` and does not stop the others. ``progress`` hears of the keys
+    scanned and rows written as the pass goes. Setting ``stop`` ends the
     pass after the batches in flight (for the worker's shutdown). A database
     that cannot be reached at all raises ``DatabaseError``.
     """
@@ -682,7 +664,7 @@ def run(
     prefix = s3.prefix if prefix is None else prefix
     client = client or storage.make_client(s3)
     stop = stop or threading.Event()
-    progress_line = _Progress(sys.stderr.isatty() if progress is None else progress, sys.stderr)
+    progress_line = progress or NoProgress()
     if not names:
         log.warning("sync_no_buckets", hint="set s3.buckets or pass --bucket")
     tallies = {name: _BucketTally(name) for name in names}
@@ -695,13 +677,18 @@ def run(
     pool = db.make_pool(settings.database, name="trr-assets sync", min_size=1,
                         max_size=2 * s3.list_concurrency, connect_workers=readers)
     opened = _open(pool, readers, settings.database.connect_timeout_seconds)
+    progress_line.start("sync", len(units))
     with opened, ThreadPoolExecutor(s3.head_concurrency, thread_name_prefix="trr-head") as heads, \
             storage_heads.for_client(client, s3) as native:
         # A shard found to hold more than its share is split while the
         # run's listings are doubled at most (see storage.ListingSplits).
         splits = storage.ListingSplits(extra_listings=s3.list_concurrency)
-        _run_units(_Context(settings, client, pool, heads, native, splits, prefix, progress_line, stop), units)
-    progress_line.close()
+        ctx = _Context(settings, client, pool, heads, native, splits, prefix, progress_line, stop)
+        _run_units(ctx, units)
+        if settings.sync.metadata == metadata.HEAD:
+            for tally in tallies.values():
+                _complete_listing_rows(ctx, tally)
+    progress_line.finish()
     reports = {name: tally.report() for name, tally in tallies.items()}
     for name, tally in tallies.items():
         _log_bucket(reports[name], tally.upserts)
@@ -739,15 +726,14 @@ def _run_unit(ctx: _Context, tally: _BucketTally, shard: keys.KeyRange) -> None:
     try:
         _sync_range(ctx, tally, shard)
     except Exception as exc:  # one bucket's failure must not stop the others
-        if not isinstance(exc, TrrAssetsError):
-            log.error("sync_unit_crashed", bucket=tally.bucket, exc_info=True)
-        tally.fail(_one_line(exc))
+        tally.fail(_describe(tally.bucket, exc))
 
 
-def _one_line(exc: BaseException) -> str:
-    lines = str(exc).strip().splitlines()
-    text = lines[0] if lines else type(exc).__name__
+def _describe(bucket: str, exc: BaseException) -> str:
+    """The line kept for a failed bucket."""
+    text = one_line(exc)
     if not isinstance(exc, TrrAssetsError):
+        log.error("sync_unit_crashed", bucket=bucket, exc_info=exc)
         text = f"internal error: {type(exc).__name__}: {text}"
     return logs.scrub(text)
 
@@ -784,17 +770,27 @@ def _merge_and_write(
     changed: list[ObjectInfo] = []
     scanned = same = pending = 0
 
+    from_listing = ctx.settings.sync.metadata == metadata.LISTING
+
     def write(objects: list[ObjectInfo], absent: bool) -> UpsertCounts:
         if not objects:
             return UpsertCounts()
-        return upsert_objects(writer(), ctx.client, bucket, objects, settings=ctx.settings,
-                              head_pool=ctx.heads, head_client=ctx.native, absent=absent)
+        if not from_listing:
+            return upsert_objects(writer(), ctx.client, bucket, objects, settings=ctx.settings,
+                                  head_pool=ctx.heads, head_client=ctx.native, absent=absent)
+        conn = writer()
+        # The rows and their place on the list of rows to HEAD later, in one transaction.
+        with db.wrap_errors(f"sync bucket {bucket}"), conn.transaction():
+            counts = upsert_objects(conn, ctx.client, bucket, objects, settings=ctx.settings,
+                                    head_pool=ctx.heads, absent=absent, from_listing=True)
+            metadata.mark_pending(conn, bucket, [obj.key for obj in objects])
+        return counts
 
     def flush() -> None:
         nonlocal new, changed, scanned, same, pending
         counts = write(new, True) + write(changed, False)
         tally.add(scanned, same, pending, counts)
-        ctx.progress.add(scanned, counts.inserted + counts.updated)
+        ctx.progress.advance(keys=scanned, written=counts.inserted + counts.updated)
         new, changed, scanned, same, pending = [], [], 0, 0, 0
 
     # Sync compares size and ETag only: the lighter row stream will do.
@@ -818,6 +814,43 @@ def _merge_and_write(
             if tally.failed.is_set() or ctx.stop.is_set():
                 return
     flush()
+
+
+_UNKNOWN_TIME = datetime(1970, 1, 1, tzinfo=timezone.utc)  # a pending row's ObjectInfo: the write never reads it
+
+
+def _complete_listing_rows(ctx: _Context, tally: _BucketTally) -> None:
+    """HEAD the rows of a bucket that were written from the listing alone
+    (``trr_assets.heads_pending``, under the pass's prefix) and complete
+    them: a row whose content type or owner id differs from the HEAD's is
+    rewritten, the others are left as they are; each leaves the list in the
+    transaction that wrote it. Rows not on the list are never HEADed."""
+    if tally.failed.is_set() or ctx.stop.is_set():
+        return
+    bucket, after = tally.bucket, ""
+    try:
+        with ExitStack() as stack:
+            with db.wrap_errors(f"connect for bucket {bucket}"):
+                conn = stack.enter_context(ctx.pool.connection())
+            conn.autocommit = True
+            metadata.drop_orphans(conn, bucket)
+            while not ctx.stop.is_set():
+                found = metadata.pending(conn, bucket, prefix=ctx.prefix, after=after,
+                                         limit=ctx.settings.sync.batch_size)
+                if not found:
+                    return
+                objects = [storage.object_info((key, size, etag, _UNKNOWN_TIME)) for key, size, etag in found]
+                with db.wrap_errors(f"sync bucket {bucket}"), conn.transaction():
+                    counts = upsert_objects(conn, ctx.client, bucket, objects, settings=ctx.settings,
+                                            head_pool=ctx.heads, head_client=ctx.native)
+                    metadata.done(conn, bucket, [key for key, _, _ in found])
+                tally.add(0, 0, 0, UpsertCounts(invalid_owner_ids=counts.invalid_owner_ids))
+                with tally.lock:
+                    tally.filled += len(found)
+                ctx.progress.advance(written=counts.updated)
+                after = found[-1][0]
+    except Exception as exc:  # as a unit's failure: the bucket is reported failed
+        tally.fail(_describe(bucket, exc))
 
 
 def _log_bucket(report: BucketReport, upserts: UpsertCounts) -> None:
@@ -858,4 +891,5 @@ def _total(reports: dict[str, BucketReport], duration: float, stopped: bool) -> 
         vanished=sum(r.vanished for r in values),
         buckets=reports,
         stopped=stopped,
+        filled=sum(r.filled for r in values),
     )

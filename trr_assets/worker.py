@@ -59,7 +59,7 @@ from apscheduler.triggers.interval import IntervalTrigger
 
 from trr_assets import db, deletes, reconcile, storage, sync
 from trr_assets.config import Settings
-from trr_assets.errors import RepairRefused, TrrAssetsError
+from trr_assets.errors import PartialFailure, RepairRefused, TrrAssetsError, one_line
 
 log = structlog.get_logger()
 
@@ -102,8 +102,8 @@ class Job:
 
 def run_sync(ctx: JobContext) -> JobResult:
     # ``stop`` ends the pass after the batches in flight.
-    report = sync.run(ctx.settings, client=ctx.s3, progress=False, stop=ctx.stop)
-    return JobResult(report.as_dict(), tuple(report.failed))
+    report = sync.run(ctx.settings, client=ctx.s3, stop=ctx.stop)
+    return JobResult(report.as_dict(), report.failures)
 
 
 def run_deletes(ctx: JobContext) -> JobResult:
@@ -118,9 +118,8 @@ def repairs(settings: Settings) -> bool:
 
 
 def run_reconcile(ctx: JobContext) -> JobResult:
-    # No stop hook: a reconcile in progress at shutdown runs to its end or
-    # to the shutdown timeout. Refused and incomplete runs raise, carrying
-    # their summary (see _carried_counts).
+    # Refused and incomplete runs raise PartialFailure, carrying their
+    # summary (see _carried_counts).
     options = reconcile.ReconcileOptions(repair=repairs(ctx.settings), run_by=f"worker@{socket.gethostname()}")
     return JobResult(reconcile.run(ctx.settings, options, client=ctx.s3, stop=ctx.stop).as_dict())
 
@@ -266,7 +265,7 @@ class Worker:
                 return outcome
         except TrrAssetsError as exc:  # the lock's connection: the database is down
             log.error("job_failed", job=job.name, outcome="failed", duration_seconds=_since(started),
-                      error=_line(exc))
+                      error=one_line(exc))
             return "failed"
 
     @contextmanager
@@ -289,7 +288,7 @@ class Worker:
                     conn.execute(db.query("worker_unlock"), {"key": job.lock_key})
                 except psycopg.Error as exc:
                     # The session is gone (a restarted server): so is its lock.
-                    log.warning("job_lock_release_failed", job=job.name, error=_line(exc))
+                    log.warning("job_lock_release_failed", job=job.name, error=one_line(exc))
             conn.close()
 
     def _execute(self, job: Job) -> str:
@@ -299,15 +298,15 @@ class Worker:
             result = job.run(JobContext(self.settings, self.s3, self.stop_event))
         except RepairRefused as exc:
             log.error("job_failed", job=job.name, outcome="refused", duration_seconds=_since(started),
-                      error=_line(exc), **_carried_counts(exc))
+                      error=one_line(exc), **_carried_counts(exc))
             return "refused"
         except TrrAssetsError as exc:
             log.error("job_failed", job=job.name, outcome="failed", duration_seconds=_since(started),
-                      error=_line(exc), **_carried_counts(exc))
+                      error=one_line(exc), **_carried_counts(exc))
             return "failed"
         except Exception as exc:  # a bug: keep the traceback, keep the worker
             log.error("job_failed", job=job.name, outcome="failed", duration_seconds=_since(started),
-                      error=f"internal error: {type(exc).__name__}: {_line(exc)}", exc_info=True)
+                      error=f"internal error: {type(exc).__name__}: {one_line(exc)}", exc_info=True)
             return "failed"
         counts = dict(result.counts)
         if result.errors:
@@ -424,18 +423,12 @@ def handling_signals(handler: Callable[[int, FrameType | None], None]) -> Iterat
 
 
 def _carried_counts(exc: BaseException) -> dict[str, Any]:
-    """``{"counts": ...}`` when the error carries the run's report (reconcile's do)."""
-    report = getattr(exc, "summary", None)
-    return {"counts": dict(report.as_dict())} if report is not None else {}
+    """``{"counts": ...}`` when the run failed in part (``PartialFailure`` carries its report)."""
+    return {"counts": dict(exc.summary.as_dict())} if isinstance(exc, PartialFailure) else {}
 
 
 def _since(started: float) -> float:
     return round(time.monotonic() - started, 3)
-
-
-def _line(exc: BaseException) -> str:
-    text = str(exc).strip().splitlines()
-    return text[0] if text else type(exc).__name__
 
 
 def run(settings: Settings, *, once: bool = False) -> int:

@@ -29,7 +29,7 @@ import time
 import urllib.request
 import uuid
 import warnings
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import AbstractContextManager, ExitStack, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -37,6 +37,8 @@ from types import FrameType
 from typing import Any
 
 from trr_assets.errors import TrrAssetsError
+
+Command = Callable[[Sequence[str]], int]
 
 DEMO_BUCKET = "trr-demo-assets"
 # Fake credentials: moto accepts any; they only have to exist for boto3 to sign.
@@ -74,8 +76,12 @@ SAMPLES = (
 )
 
 
-def run(*, keep: bool = False, debug: bool = False) -> int:
-    """Run the demo; 0 when every step worked (Ctrl-C ends ``--keep`` normally)."""
+def run(command: Command, *, keep: bool = False, debug: bool = False) -> int:
+    """Run the demo; 0 when every step worked (Ctrl-C ends ``--keep`` normally).
+
+    ``command`` runs one ``trr-assets`` command line and returns its exit
+    code (the CLI's ``main``, handed in so that this module does not import it).
+    """
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
@@ -96,7 +102,7 @@ def run(*, keep: bool = False, debug: bool = False) -> int:
         endpoint = _start_s3(cleanup)
         config = _write_config(workdir, database_url, endpoint)
         cleanup.enter_context(_demo_environment(config, quiet=not debug))
-        demo = _Demo(config, debug=debug)
+        demo = _Demo(config, command, debug=debug)
         demo.walk_through()
         _say(f"\ndemo finished in {time.monotonic() - started:.1f} s")
         if keep:
@@ -233,11 +239,12 @@ def _keep_running(config: Path) -> None:
 
 
 class _Demo:
-    def __init__(self, config: Path, *, debug: bool) -> None:
+    def __init__(self, config: Path, command: Command, *, debug: bool) -> None:
         from trr_assets.config import load_settings
 
         self.settings = load_settings(config)
         self.debug = debug
+        self.command = command
         self.show_ids: list[uuid.UUID] = []
         self.unattributable = ""
         self._s3: Any = None
@@ -265,10 +272,8 @@ class _Demo:
         self.presign_and_fetch()
 
     def cli(self, *args: str) -> None:
-        from trr_assets import cli
-
         _step("$ trr-assets " + " ".join(args))
-        code = cli.main([*(["--debug"] if self.debug else []), *args])
+        code = self.command([*(["--debug"] if self.debug else []), *args])
         if code == 130:  # the command saw the Ctrl-C (and said so): unwind the demo too
             raise KeyboardInterrupt
         if code != 0:

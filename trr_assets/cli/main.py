@@ -1,4 +1,4 @@
-"""The ``trr-assets`` command line.
+"""The ``trr-assets`` command line: the parser and the edge.
 
 Exit codes (SPEC.md), decided here and nowhere else:
 0 success; 1 failure at run time; 2 bad usage, argument or configuration;
@@ -10,8 +10,6 @@ a safety limit. Errors are one line on stderr (a traceback only with
 from __future__ import annotations
 
 import argparse
-import gc
-import json
 import os
 import sys
 from collections.abc import Callable, Sequence
@@ -21,8 +19,10 @@ from typing import Any
 import structlog
 
 from trr_assets import __version__, logs
+from trr_assets.cli import commands
 from trr_assets.config import Settings, load_settings
-from trr_assets.errors import ConfigError, TrrAssetsError
+from trr_assets.errors import ConfigError, TrrAssetsError, one_line
+from trr_assets.runtime import tune_collector
 
 log = structlog.get_logger()
 
@@ -60,19 +60,19 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--config", metavar="PATH", help="TOML config file (default: $TRR_ASSETS_CONFIG, ./config.toml)")
     parser.add_argument("--debug", action="store_true", help="show tracebacks and debug logs")
     parser.add_argument("--version", action="version", version=f"trr-assets {__version__}")
-    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND", parser_class=_Parser)
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND", parser_class=_Parser)
 
-    p = commands.add_parser("migrate", help="apply pending migrations")
+    p = sub.add_parser("migrate", help="apply pending migrations")
     p.add_argument("--enable", action="append", default=[], metavar="NAME",
                    help="also apply an optional migration (org-read)")
-    p.set_defaults(handler=_cmd_migrate)
+    p.set_defaults(handler=commands.migrate)
 
-    p = commands.add_parser("sync", help="one sync pass: S3 listing into core.show_assets")
+    p = sub.add_parser("sync", help="one sync pass: S3 listing into core.show_assets")
     p.add_argument("--bucket", action="append", default=[], metavar="B", help="bucket (repeatable; default: s3.buckets)")
     p.add_argument("--prefix", metavar="P", help="key prefix (default: s3.prefix)")
-    p.set_defaults(handler=_cmd_sync)
+    p.set_defaults(handler=commands.sync)
 
-    p = commands.add_parser("reconcile", help="report (or repair) drift between S3 and the rows")
+    p = sub.add_parser("reconcile", help="report (or repair) drift between S3 and the rows")
     mode = p.add_mutually_exclusive_group()
     mode.add_argument("--dry-run", action="store_true", help="report only (the default)")
     mode.add_argument("--repair", action="store_true", help="apply the configured repair policies")
@@ -88,135 +88,44 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--history", action="store_true", help="print the recorded past runs")
     p.add_argument("--versions", action="store_true",
                    help="also list versions, delete markers and incomplete multipart uploads")
-    p.set_defaults(handler=_cmd_reconcile)
+    p.set_defaults(handler=commands.reconcile)
 
-    p = commands.add_parser("presign", help="print a presigned URL")
+    p = sub.add_parser("presign", help="print a presigned URL")
     p.add_argument("target", metavar="ASSET_ID|s3://BUCKET/KEY")
     p.add_argument("--method", choices=("get", "put"), default="get")
     p.add_argument("--expires", type=_positive_int, metavar="N", help="seconds (default: presign.expires_seconds)")
-    p.set_defaults(handler=_cmd_presign)
+    p.set_defaults(handler=commands.presign)
 
-    p = commands.add_parser("delete", help="delete asset rows and their objects")
+    p = sub.add_parser("delete", help="delete asset rows and their objects")
     p.add_argument("asset_ids", nargs="+", metavar="ASSET_ID")
-    p.set_defaults(handler=_cmd_delete)
+    p.set_defaults(handler=commands.delete)
 
-    p = commands.add_parser("process-deletes", help="run the queued S3 deletions once")
+    p = sub.add_parser("process-deletes", help="run the queued S3 deletions once")
     p.add_argument("--requeue-failed", action="store_true",
                    help="first make the failed deletions pending again (attempts from zero)")
-    p.set_defaults(handler=_cmd_process_deletes)
+    p.set_defaults(handler=commands.process_deletes)
 
-    p = commands.add_parser("erasures", help="print the recorded deletions (proof of erasure) as JSON lines")
+    p = sub.add_parser("erasures", help="print the recorded deletions (proof of erasure) as JSON lines")
     p.add_argument("--bucket", metavar="B", help="only this bucket")
     p.add_argument("--key", metavar="K", help="only this object key (exactly)")
     p.add_argument("--since", type=_timestamp, metavar="T",
                    help="only deletions at or after T (ISO 8601; UTC when no offset is given)")
-    p.set_defaults(handler=_cmd_erasures)
+    p.set_defaults(handler=commands.erasures)
 
-    p = commands.add_parser("worker", help="the daemon: sync, deletes, reconcile on their schedules")
+    p = sub.add_parser("worker", help="the daemon: sync, deletes, reconcile on their schedules")
     p.add_argument("--once", action="store_true", help="run each job once and exit")
-    p.set_defaults(handler=_cmd_worker)
+    p.set_defaults(handler=commands.worker)
 
-    p = commands.add_parser("demo", help="run everything on a throwaway PostgreSQL and local S3")
+    p = sub.add_parser("demo", help="run everything on a throwaway PostgreSQL and local S3")
     p.add_argument("--keep", action="store_true", help="leave the servers running afterwards")
-    p.set_defaults(handler=_cmd_demo, needs_settings=False)
+    p.set_defaults(handler=_demo, needs_settings=False)
     return parser
 
 
-def print_json(data: Any) -> None:
-    sys.stdout.write(json.dumps(data, default=str) + "\n")
-    sys.stdout.flush()
+def _demo(args: argparse.Namespace, settings: Settings | None) -> int:
+    from trr_assets.cli import demo
 
-
-# --- commands ------------------------------------------------------------------
-
-
-def _cmd_migrate(args: argparse.Namespace, settings: Settings) -> int:
-    from trr_assets import db
-
-    applied = db.migrate(settings.database, enable=args.enable)
-    for name in applied:
-        print(f"applied {name}")
-    if not applied:
-        print("nothing to apply: the database is up to date")
-    return 0
-
-
-def _cmd_sync(args: argparse.Namespace, settings: Settings) -> int:
-    from trr_assets import sync
-
-    report = sync.run(settings, buckets=args.bucket or None, prefix=args.prefix)
-    print_json(report.as_dict())
-    return 1 if report.failed else 0
-
-
-def _cmd_reconcile(args: argparse.Namespace, settings: Settings) -> int:
-    from trr_assets import reconcile
-
-    return reconcile.run_cli(args, settings)
-
-
-def _cmd_presign(args: argparse.Namespace, settings: Settings) -> int:
-    from trr_assets import presign
-
-    print(presign.cli_url(settings, args.target, method=args.method, expires=args.expires))
-    return 0
-
-
-def _cmd_delete(args: argparse.Namespace, settings: Settings) -> int:
-    """Unknown ids are listed in ``not_found`` (exit 0). Objects not deleted
-    yet (S3 refused, or another drain holds them) stay queued, exit 1."""
-    from trr_assets import deletes
-
-    report = deletes.delete_assets(settings, args.asset_ids)
-    print_json(report.as_dict())
-    if report.pending or report.failed:
-        left = report.pending + report.failed
-        sys.stderr.write(
-            f"trr-assets: error: {left} object deletion(s) not done yet; they stay queued for the worker\n"
-        )
-        return 1
-    return 0
-
-
-def _cmd_process_deletes(args: argparse.Namespace, settings: Settings) -> int:
-    """Exit 1 when S3 refused deletions during this run (they stay queued)."""
-    from trr_assets import deletes
-
-    requeued = deletes.requeue_failed(settings) if args.requeue_failed else None
-    report = deletes.drain(settings)
-    result = report.as_dict()
-    if requeued is not None:
-        result["requeued"] = requeued
-    print_json(result)
-    if report.errors:
-        sys.stderr.write(
-            f"trr-assets: error: S3 refused {report.errors} deletion(s) this run "
-            f"({report.gave_up} given up); see the logs\n"
-        )
-        return 1
-    return 0
-
-
-def _cmd_erasures(args: argparse.Namespace, settings: Settings) -> int:
-    from trr_assets import db, erasures
-
-    with db.connect(settings.database, autocommit=True) as conn:
-        for item in erasures.listed(conn, bucket=args.bucket, key=args.key, since=args.since):
-            sys.stdout.write(json.dumps(item) + "\n")
-    sys.stdout.flush()
-    return 0
-
-
-def _cmd_worker(args: argparse.Namespace, settings: Settings) -> int:
-    from trr_assets import worker
-
-    return worker.run(settings, once=args.once)
-
-
-def _cmd_demo(args: argparse.Namespace, settings: Settings | None) -> int:
-    from trr_assets import demo
-
-    return demo.run(keep=args.keep, debug=args.debug)
+    return demo.run(main, keep=args.keep, debug=args.debug)
 
 
 # --- the edge ------------------------------------------------------------------
@@ -230,26 +139,6 @@ def _check_schedule(settings: Settings) -> None:
         CronTrigger.from_crontab(settings.reconcile.schedule, timezone="UTC")
     except ValueError as exc:
         raise ConfigError(f"config: reconcile.schedule is not a valid cron expression ({exc})") from exc
-
-
-# Young objects are collected every 50,000 allocations, not CPython's 700.
-COLLECTOR_FIRST_THRESHOLD = 50_000
-
-
-def tune_collector() -> None:
-    """Set this process's cyclic garbage collector for sync and reconcile.
-
-    A pass allocates a few small tuples per key (the listed object, the row,
-    what the merge compares), a million keys a run, nearly all freed at once
-    by reference counting. With CPython's default first threshold the
-    collector runs every 700 allocations and re-walks every chunk still in
-    use: measured, half the CPU of a no-op sync of 200,000 objects. Cycles
-    are still collected, after 50,000 allocations instead of 700. The
-    ``trr-assets`` command sets it for every subcommand (the worker
-    included); a program that calls ``sync.run`` or ``reconcile.run`` itself
-    may call this too.
-    """
-    gc.set_threshold(COLLECTOR_FIRST_THRESHOLD, *gc.get_threshold()[1:])
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -288,10 +177,7 @@ def _fail(exc: BaseException, code: int, debug: bool, prefix: str = "") -> int:
         import traceback
 
         traceback.print_exception(exc, file=sys.stderr)
-    message = logs.scrub(f"{prefix}{exc}".splitlines()[0] if str(exc) else prefix + type(exc).__name__)
+    message = logs.scrub(prefix + one_line(exc))
     hint = "" if debug or code != 1 or not prefix else " (run with --debug for the traceback)"
     sys.stderr.write(f"trr-assets: error: {message}{hint}\n")
     return code
-
-
-
