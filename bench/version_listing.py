@@ -102,7 +102,7 @@ BENCHMARK = Benchmark(
 def child(endpoint: str, mode: str) -> dict[str, Any]:
     from bench.merge_child import peak_rss_mb
     from trr_assets import keys, storage, storage_versions
-    from trr_assets.cli import tune_collector
+    from trr_assets.runtime import tune_collector
     from trr_assets.config import settings_from_mapping
 
     tune_collector()

@@ -7,9 +7,10 @@ generators of pages, so memory holds a page whatever the bucket's size.
 
 from __future__ import annotations
 
+import functools
 import heapq
 import operator
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from datetime import datetime
 from typing import Any, NamedTuple
 
@@ -37,6 +38,13 @@ class VersionInfo(NamedTuple):
     size: int
     etag: str
     last_modified: datetime
+
+
+# A VersionInfo built by tuple.__new__ in C (NamedTuple's own __new__ is a
+# Python function): one per listed version.
+version_info: Callable[[tuple[str, str, bool, bool, int, str, datetime]], VersionInfo] = functools.partial(
+    tuple.__new__, VersionInfo
+)
 
 
 class UploadInfo(NamedTuple):
@@ -91,16 +99,19 @@ def list_versions(
     while True:
         with wrap_errors("list object versions", bucket):
             page = client.list_object_versions(**params)
+        # One comprehension for the page, each VersionInfo made in C (as
+        # storage.object_info is): a Python frame per version would cost
+        # more than the parsing.
         versions = [
-            VersionInfo(v["Key"], v.get("VersionId") or "null", bool(v.get("IsLatest")), False,
-                        v.get("Size") or 0, strip_etag(v.get("ETag")), v["LastModified"])
+            version_info((v["Key"], v.get("VersionId", "null"), v.get("IsLatest", False), False, v.get("Size", 0),
+                          v.get("ETag", "").strip('"'), v["LastModified"]))
             for v in page.get("Versions", ())
         ]
         markers = page.get("DeleteMarkers")
         if markers:
             marks = [
-                VersionInfo(m["Key"], m.get("VersionId") or "null", bool(m.get("IsLatest")), True, 0, "",
-                            m["LastModified"])
+                version_info((m["Key"], m.get("VersionId", "null"), m.get("IsLatest", False), True, 0, "",
+                              m["LastModified"]))
                 for m in markers
             ]
             # Both lists are in key order: merged, a key's versions come
