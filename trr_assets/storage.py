@@ -124,7 +124,7 @@ def parse_timestamp(value: Any) -> datetime:
 # CPU, measured). Sync and reconcile list from many threads under one
 # interpreter lock, so that CPU is what bounds a sharded listing. The parser
 # below is compiled from the same output shape and gives the same dict
-# (tests/test_storage_listing.py checks it against botocore's own parser); it
+# (tests/storage/test_storage_listing.py checks it against botocore's own parser); it
 # runs on the ``before-parse`` event, puts its result where botocore merges
 # handler results, and hands botocore an empty page to parse. Anything it is
 # not sure of (an error document, a truncated body, a repeated scalar, a shape
@@ -334,6 +334,18 @@ def head_object(client: Any, bucket: str, key: str) -> dict[str, Any] | None:
         if error_code(exc) in _MISSING_OBJECT_CODES:
             return None
         raise wrapped(exc, "head object", bucket) from exc
+
+
+def get_object_body(client: Any, bucket: str, key: str, *, action: str = "get object") -> Any:
+    """An object's body, a stream to read (errors while reading it are the caller's to wrap)."""
+    with wrap_errors(action, bucket):
+        return client.get_object(Bucket=bucket, Key=key)["Body"]
+
+
+def get_object_bytes(client: Any, bucket: str, key: str, *, action: str = "get object") -> bytes:
+    """An object's whole body."""
+    with wrap_errors(action, bucket):
+        return get_object_body(client, bucket, key, action=action).read()  # type: ignore[no-any-return]
 
 
 class ListingSplits:

@@ -39,8 +39,9 @@ import structlog
 from psycopg_pool import ConnectionPool
 
 from trr_assets import db, diff, keys, logs, metadata, storage, storage_heads
+from trr_assets import inventory as inventory_reports
 from trr_assets.config import Settings
-from trr_assets.errors import DatabaseError, TrrAssetsError, one_line
+from trr_assets.errors import DatabaseError, TrrAssetsError, UsageError, one_line
 from trr_assets.scan import NoProgress, Progress
 from trr_assets.storage import ObjectInfo
 
@@ -639,6 +640,7 @@ class _Context:
     prefix: str
     progress: Progress
     stop: threading.Event
+    report: psycopg.Connection[Any] | None = None  # holds the inventory report read instead of listing
 
 
 def run(
@@ -649,8 +651,17 @@ def run(
     client: Any = None,
     progress: Progress | None = None,
     stop: threading.Event | None = None,
+    inventory: str | None = None,
 ) -> SyncReport:
     """One sync pass over ``buckets`` (default ``s3.buckets``) under ``prefix``.
+
+    With ``inventory`` (``s3://BUCKET/PATH/manifest.json``), the pass reads
+    that S3 Inventory report instead of listing its source bucket (the one
+    bucket synced; ``buckets``, when given, must name it): the report is
+    loaded whole first, so one that cannot be read raises ``StorageError``
+    with nothing written; new and changed objects are then HEADed live as
+    usual (with ``sync.metadata = "listing"``, the report's entries are
+    trusted as a listing's would be).
 
     A bucket that fails (missing, S3 or database error) is reported in
     ``failed`` and does not stop the others. ``progress`` hears of the keys
@@ -663,12 +674,20 @@ def run(
     names = list(dict.fromkeys(buckets if buckets is not None else s3.buckets))
     prefix = s3.prefix if prefix is None else prefix
     client = client or storage.make_client(s3)
+    manifest = inventory_reports.read_manifest(client, inventory, command="sync") if inventory else None
+    if manifest is not None:
+        if buckets and manifest.source_bucket not in names:
+            raise UsageError(f"sync: the inventory report is of bucket {manifest.source_bucket}, "
+                             f"not of {', '.join(names)}")
+        names = [manifest.source_bucket]
     stop = stop or threading.Event()
     progress_line = progress or NoProgress()
     if not names:
         log.warning("sync_no_buckets", hint="set s3.buckets or pass --bucket")
     tallies = {name: _BucketTally(name) for name in names}
-    units = [(tallies[name], shard) for name in names for shard in keys.shard_ranges(prefix, s3.list_shards)]
+    # A report is read on one connection: one unit, the whole prefix.
+    shards = [diff.prefix_range(prefix)] if manifest else keys.shard_ranges(prefix, s3.list_shards)
+    units = [(tallies[name], shard) for name in names for shard in shards]
     # Two connections per running unit: the reader's row stream and the
     # writer. The readers, which every running unit takes at once, open with
     # the pool, side by side (db.open_pool); writers, which a pass with
@@ -679,11 +698,11 @@ def run(
     opened = _open(pool, readers, settings.database.connect_timeout_seconds)
     progress_line.start("sync", len(units))
     with opened, ThreadPoolExecutor(s3.head_concurrency, thread_name_prefix="trr-head") as heads, \
-            storage_heads.for_client(client, s3) as native:
+            storage_heads.for_client(client, s3) as native, _loaded(settings, client, manifest, prefix) as report:
         # A shard found to hold more than its share is split while the
         # run's listings are doubled at most (see storage.ListingSplits).
         splits = storage.ListingSplits(extra_listings=s3.list_concurrency)
-        ctx = _Context(settings, client, pool, heads, native, splits, prefix, progress_line, stop)
+        ctx = _Context(settings, client, pool, heads, native, splits, prefix, progress_line, stop, report)
         _run_units(ctx, units)
         if settings.sync.metadata == metadata.HEAD:
             for tally in tallies.values():
@@ -793,8 +812,7 @@ def _merge_and_write(
         ctx.progress.advance(keys=scanned, written=counts.inserted + counts.updated)
         new, changed, scanned, same, pending = [], [], 0, 0, 0
 
-    # Sync compares size and ETag only: the lighter row stream will do.
-    for found in diff.diff_range(ctx.client, reader, bucket, ctx.prefix, shard, ctx.splits, compare_only=True):
+    for found in _differences(ctx, reader, bucket, shard):
         same += found.same
         scanned += found.same
         for item in found.diffs:
@@ -851,6 +869,32 @@ def _complete_listing_rows(ctx: _Context, tally: _BucketTally) -> None:
                 after = found[-1][0]
     except Exception as exc:  # as a unit's failure: the bucket is reported failed
         tally.fail(_describe(bucket, exc))
+
+
+@contextmanager
+def _loaded(
+    settings: Settings, client: Any, manifest: inventory_reports.InventoryManifest | None, prefix: str
+) -> Iterator[psycopg.Connection[Any] | None]:
+    """A connection holding ``manifest``'s report, loaded whole (None without one)."""
+    if manifest is None:
+        yield None
+        return
+    with db.wrap_errors("connect for the inventory report"):
+        conn = db.connect(settings.database, application_name="trr-assets sync inventory")
+    with conn:
+        inventory_reports.load_inventory(conn, client, manifest, prefix)
+        yield conn
+
+
+def _differences(ctx: _Context, reader: psycopg.Connection[Any], bucket: str, shard: keys.KeyRange) -> Iterator[diff.Batch]:
+    """The range's objects (listed, or from the inventory report) merged with its rows."""
+    # Sync compares size and ETag only: the lighter row stream will do.
+    if ctx.report is None:
+        yield from diff.diff_range(ctx.client, reader, bucket, ctx.prefix, shard, ctx.splits, compare_only=True)
+        return
+    with ctx.report.transaction():  # the report's cursor lives in it
+        objects = inventory_reports.inventory_objects(ctx.report, shard)
+        yield from diff.merge(objects, diff.stream_rows(reader, bucket, shard, compare_only=True))
 
 
 def _log_bucket(report: BucketReport, upserts: UpsertCounts) -> None:
