@@ -9,8 +9,9 @@ from typing import Any
 import pytest
 import structlog.testing
 
-from tests.conftest import TEST_BUCKET, make_settings, make_show
-from tests.deletes_helpers import add_asset, object_exists, queue
+from tests.support.postgres import make_show
+from tests.support.s3 import TEST_BUCKET, make_settings
+from tests.deletes.helpers import add_asset, object_exists, queue
 from trr_assets import cli, db, deletes, erasures
 
 
@@ -176,7 +177,7 @@ def test_young_intents_are_left_to_the_run_that_made_them(conn, settings, s3):
 
 
 def test_erasures_cli_prints_json_lines_filtered(conn, s3, capsys, db_url, tmp_path):
-    from tests.reconcile_helpers import write_config
+    from tests.reconcile.helpers import write_config
 
     settings = make_settings(db_url)
     config = ["--config", str(write_config(tmp_path / "config.toml", db_url))]
@@ -214,7 +215,7 @@ def test_erasures_cli_bad_since_is_usage_error(capsys):
 
 
 def test_reconcile_delete_and_quarantine_record_their_deletions(conn, db_url, aws_env, s3):
-    from tests.reconcile_helpers import put, run
+    from tests.reconcile.helpers import put, run
 
     show = make_show(conn)
     orphan = f"shows/{show}/orphan.jpg"
@@ -232,7 +233,7 @@ def test_reconcile_delete_and_quarantine_record_their_deletions(conn, db_url, aw
 
 
 def test_reconcile_crash_between_delete_and_record_is_settled_by_the_next_run(conn, db_url, aws_env, s3, monkeypatch):
-    from tests.reconcile_helpers import put, run
+    from tests.reconcile.helpers import put, run
 
     show = make_show(conn)
     orphan = f"shows/{show}/orphan.jpg"
