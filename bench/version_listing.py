@@ -102,8 +102,8 @@ BENCHMARK = Benchmark(
 def child(endpoint: str, mode: str) -> dict[str, Any]:
     from bench.merge_child import peak_rss_mb
     from trr_assets import keys, storage, storage_versions
-    from trr_assets.runtime import tune_collector
     from trr_assets.config import settings_from_mapping
+    from trr_assets.runtime import tune_collector
 
     tune_collector()
     settings = settings_from_mapping({"s3": {"endpoint_url": endpoint, "addressing_style": "path"}})

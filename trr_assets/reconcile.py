@@ -28,9 +28,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import getpass
-import json
 import math
-import re
 import socket
 import threading
 import time

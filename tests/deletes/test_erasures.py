@@ -9,9 +9,9 @@ from typing import Any
 import pytest
 import structlog.testing
 
+from tests.deletes.helpers import add_asset, object_exists, queue
 from tests.support.postgres import make_show
 from tests.support.s3 import TEST_BUCKET, make_settings
-from tests.deletes.helpers import add_asset, object_exists, queue
 from trr_assets import cli, db, deletes, erasures
 
 

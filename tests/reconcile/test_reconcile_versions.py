@@ -10,9 +10,9 @@ from typing import Any
 
 import pytest
 
+from tests.reconcile.helpers import add_row, enqueue, put, run, write_config
 from tests.support.postgres import make_show
 from tests.support.s3 import TEST_BUCKET, make_settings
-from tests.reconcile.helpers import add_row, enqueue, put, run, write_config
 from trr_assets import cli, db, erasures, reconcile, storage_versions
 from trr_assets.errors import StorageError
 

@@ -43,7 +43,8 @@ def botocore_parse(body: bytes) -> dict[str, Any]:
 
 
 def _listing_parser() -> Any:
-    return storage._ListingParser({"ListObjectsV2": ("ListBucketResult", storage._compile(SHAPE, storage.parse_timestamp))})
+    table = storage._compile(SHAPE, storage.parse_timestamp)
+    return storage._ListingParser({"ListObjectsV2": ("ListBucketResult", table)})
 
 
 def fast_parse(body: bytes) -> dict[str, Any] | None:

@@ -51,7 +51,8 @@ def _timestamp(text: str) -> datetime:
     try:
         value = datetime.fromisoformat(text.strip())
     except ValueError:
-        raise argparse.ArgumentTypeError(f"expected an ISO 8601 time like 2026-01-31T12:00:00Z, got {text!r}") from None
+        raise argparse.ArgumentTypeError(
+            f"expected an ISO 8601 time like 2026-01-31T12:00:00Z, got {text!r}") from None
     return value if value.tzinfo is not None else value.replace(tzinfo=timezone.utc)
 
 
