@@ -138,8 +138,9 @@ class _Faulty:
                     time.sleep(5)
                     return
                 status = {"200": "200 OK", "close-after": "200 OK", "503": "503 Slow Down",
-                          "500": "500 Internal Server Error"}[step]
-                conn.sendall(f"HTTP/1.1 {status}\r\nContent-Length: 5\r\nETag: \"e\"\r\n"
+                          "500": "500 Internal Server Error", "301": "301 Moved Permanently"}[step]
+                region = "x-amz-bucket-region: eu-west-1\r\n" if step == "301" else ""
+                conn.sendall(f"HTTP/1.1 {status}\r\nContent-Length: 5\r\nETag: \"e\"\r\n{region}"
                              f"Content-Type: image/png\r\n\r\n".encode())
                 if step == "close-after":
                     return
@@ -181,6 +182,16 @@ def test_503_500_and_resets_are_retried_with_backoff(faulty: Any) -> None:
     # connection S3 closed: sent again once without counting a try.
     assert by_key["503:"] == 2 and by_key["500:"] == 1 and 1 <= by_key["connection"] <= 2
     assert all(0 <= e["delay_seconds"] <= 0.01 * 2 ** (e["tries"] - 1) for e in retries)
+
+
+def test_a_bucket_in_another_region_is_asked_again_through_botocore(faulty: Any) -> None:
+    """A 301 that names the bucket's region goes to botocore (whose region redirection follows it): the
+    second request, botocore's, gets the answer."""
+    server = faulty({"b/moved": ["301"]})
+    with _client(server, max_attempts=1) as heads:
+        answer = heads.head("trr-test", "b/moved")
+    assert answer is not None and answer["ETag"] == '"e"' and answer["ContentType"] == "image/png"
+    assert server.seen["b/moved"] == 2
 
 
 def test_gives_up_after_max_attempts_with_one_line(faulty: Any) -> None:

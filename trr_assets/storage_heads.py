@@ -17,7 +17,10 @@ Answers are shaped like botocore's ``head_object`` (the keys sync reads:
 (SlowDown), 504 and broken connections are retried up to
 ``s3.max_attempts`` tries in all, after a full-jitter exponential backoff
 (as botocore's standard retry mode). A kept-alive connection that the server
-closed while idle is replaced without counting a try.
+closed while idle is replaced without counting a try. An answer that says
+the bucket is in another region (301, 307 or 400 with
+``x-amz-bucket-region``) is asked again through botocore, whose region
+redirection follows it.
 """
 
 from __future__ import annotations
@@ -40,6 +43,7 @@ from urllib.parse import urlsplit
 
 import structlog
 
+from trr_assets import storage
 from trr_assets.config import S3Settings
 from trr_assets.errors import StorageError
 from trr_assets.sigv4 import HeaderSigner
@@ -267,6 +271,7 @@ class HeadClient:
         backoff_base_seconds: float = 1.0,
         backoff_max_seconds: float = 20.0,
     ) -> None:
+        self._client = client
         self._signer = HeaderSigner(client)
         self._concurrency = settings.head_concurrency
         self._attempts = settings.max_attempts
@@ -434,6 +439,8 @@ class HeadClient:
             request.run.answer(request.index, None)
         elif status in RETRY_STATUSES:
             self._retry(request, f"{status}: {_phrase(status)}")
+        elif status in (301, 307, 400) and "x-amz-bucket-region" in headers:
+            self._by_botocore(request)
         else:
             request.run.fail(StorageError(f"s3: head object (bucket {request.bucket}): {status}: {_phrase(status)}"))
         self._pump(origin)
@@ -457,7 +464,24 @@ class HeadClient:
                 self._retry(request, f"connection lost ({reason})")
         self._pump(origin)
 
+    def _by_botocore(self, request: _Request) -> None:
+        """HEAD one object through botocore (in the loop's default thread pool):
+        for a bucket in another region than the client's, which botocore's
+        region redirection follows."""
+        asked = self._loop.run_in_executor(None, storage.head_object, self._client, request.bucket, request.key)
+
+        def settle(done: asyncio.Future[Any]) -> None:
+            exc = done.exception()
+            if exc is not None:
+                request.run.fail(exc)
+            else:
+                request.run.answer(request.index, done.result())
+
+        asked.add_done_callback(settle)
+
     def _retry(self, request: _Request, reason: str) -> None:
+        if request.run.done():  # failed or given up by the caller: nobody waits for it
+            return
         request.tries += 1
         if request.tries >= self._attempts:
             request.run.fail(StorageError(
