@@ -38,7 +38,7 @@ DELAY_SECONDS = 0.02
 BUCKET = data.BUCKET
 
 # The HEAD path before this round: botocore's HEADs, a thread each, 16 at once.
-BASELINE_ENV: dict[str, str] = {"TRR_ASSETS_S3_HEAD_CLIENT": "botocore", "TRR_ASSETS_S3_HEAD_CONCURRENCY": "16"}
+BASELINE_ENV: dict[str, str] = {"TRR_ASSETS_S3_HEAD_CLIENT": "botocore"}
 
 
 @dataclass(frozen=True)

@@ -118,10 +118,12 @@ class S3Settings:
     read_timeout_seconds: float = _setting(60.0, _between(0.1, 3600))
     list_shards: int = _setting(16, _between(1, 256))
     list_concurrency: int = _setting(8, _between(1, 64))
-    head_concurrency: int = _setting(128, _between(1, 1024))
+    head_concurrency: int = _setting(16, _between(1, 128))  # botocore's HEADs: threads, one request each
     # How HEAD requests are sent: "native" (storage_heads: own signing, kept-alive
-    # connections, one event loop) or "botocore" (a thread each, as before).
+    # connections, one event loop, up to head_connections in flight per S3 host)
+    # or "botocore" (head_concurrency threads, a request each, as before).
     head_client: str = _setting("native", _one_of("native", "botocore"))
+    head_connections: int = _setting(128, _between(1, 1024))
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -8,7 +8,7 @@ S3 does. ``HeadClient`` makes the same request for a small fraction of
 that: signed by ``sigv4.HeaderSigner`` (byte-identical to botocore's
 ``Authorization``, credentials and endpoint still from the botocore client),
 sent over kept-alive HTTP/1.1 connections by one asyncio event loop in a
-thread of its own, as many at once as ``s3.head_concurrency`` allows.
+thread of its own, as many at once as ``s3.head_connections`` allows.
 
 Answers are shaped like botocore's ``head_object`` (the keys sync reads:
 ``ContentLength``, ``ETag``, ``ContentType``, ``LastModified``,
@@ -256,7 +256,7 @@ class HeadClient:
 
     ``client`` is the botocore client of ``storage.make_client``: its
     credentials sign and its endpoint resolution says where each bucket
-    lives. Up to ``s3.head_concurrency`` requests are in flight per S3
+    lives. Up to ``s3.head_connections`` requests are in flight per S3
     endpoint host, each on a kept-alive connection of its own (HTTP/1.1, no
     pipelining). Callbacks (``asyncio.Protocol``), not a task per request:
     a HEAD costs the loop a send, a receive and a parse. Thread-safe;
@@ -273,13 +273,13 @@ class HeadClient:
     ) -> None:
         self._client = client
         self._signer = HeaderSigner(client)
-        self._concurrency = settings.head_concurrency
+        self._concurrency = settings.head_connections
         self._attempts = settings.max_attempts
         self._connect_timeout = settings.connect_timeout_seconds
         self._read_timeout = settings.read_timeout_seconds
         self._backoff_base = backoff_base_seconds
         self._backoff_max = backoff_max_seconds
-        self._ssl = _ssl_context(client)
+        self._ssl: ssl.SSLContext | None = None  # made on the first https connection (loading CAs costs ~30 ms)
         self._origins: dict[str, _Origin] = {}
         self._origin_of_bucket: dict[str, _Origin] = {}
         self._sweeping = False
@@ -372,6 +372,8 @@ class HeadClient:
             self._loop.create_task(self._open(origin))
 
     async def _open(self, origin: _Origin) -> None:
+        if origin.secure and self._ssl is None:
+            self._ssl = _ssl_context(self._client)
         try:
             _, conn = await asyncio.wait_for(
                 self._loop.create_connection(lambda: _Connection(origin), origin.host, origin.port,
