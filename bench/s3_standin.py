@@ -33,7 +33,6 @@ import sys
 import time
 import uuid
 from collections import Counter
-from typing import Any
 from urllib.parse import parse_qsl, quote, unquote, urlsplit
 from xml.sax.saxutils import escape
 

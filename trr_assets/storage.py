@@ -124,7 +124,7 @@ def parse_timestamp(value: Any) -> datetime:
 # CPU, measured). Sync and reconcile list from many threads under one
 # interpreter lock, so that CPU is what bounds a sharded listing. The parser
 # below is compiled from the same output shape and gives the same dict
-# (tests/test_storage_listing.py checks it against botocore's own parser); it
+# (tests/storage/test_storage_listing.py checks it against botocore's own parser); it
 # runs on the ``before-parse`` event, puts its result where botocore merges
 # handler results, and hands botocore an empty page to parse. Anything it is
 # not sure of (an error document, a truncated body, a repeated scalar, a shape
