@@ -43,8 +43,8 @@ def _one_of(*choices: str) -> Check:
 
 
 def _setting(default: Any, check: Check | None = None) -> Any:
-    if isinstance(default, list):
-        return field(default_factory=lambda: list(default), metadata={"check": check})
+    if isinstance(default, (list, dict)):
+        return field(default_factory=lambda: type(default)(default), metadata={"check": check})
     return field(default=default, metadata={"check": check})
 
 
@@ -84,6 +84,21 @@ def _check_buckets(values: list[str]) -> str | None:
     return None
 
 
+def _check_region(value: str) -> str | None:
+    if not re.fullmatch(r"[a-z0-9][a-z0-9-]{0,62}", value):
+        return "must be a region name such as eu-west-1"
+    return None
+
+
+def _check_bucket_regions(values: dict[str, str]) -> str | None:
+    for bucket, region in values.items():
+        if _check_buckets([bucket]):
+            return f"has {bucket!r}, which is not a valid S3 bucket name"
+        if _check_region(region):
+            return f"has {region!r} for {bucket}, which is not a region name such as eu-west-1"
+    return None
+
+
 def _check_endpoint(value: str) -> str | None:
     if value and not re.match(r"^https?://[^/\s]+", value):
         return "must be empty or an http(s):// URL"
@@ -107,7 +122,10 @@ class DatabaseSettings:
 @dataclass(frozen=True, kw_only=True)
 class S3Settings:
     endpoint_url: str = _setting("", _check_endpoint)
-    region: str = _setting("us-east-1", lambda v: None if v else "must not be empty")
+    # Empty: the boto3 way (AWS_REGION, AWS_DEFAULT_REGION, the profile), else us-east-1.
+    region: str = _setting("", lambda v: _check_region(v) if v else None)
+    # {bucket: region}; a bucket not named here has its region discovered (presigning).
+    bucket_regions: dict[str, str] = _setting({}, lambda v: _check_bucket_regions(v))
     buckets: list[str] = _setting([], _check_buckets)
     prefix: str = _setting("shows/")
     key_pattern: str = _setting(r"^shows/(?P<show_id>[0-9a-fA-F-]{36})/", _check_key_pattern)
@@ -144,6 +162,9 @@ class DeletesSettings:
     batch_size: int = _setting(1000, _between(1, 100000))
     backoff_base_seconds: float = _setting(10.0, _at_least(0))
     backoff_max_seconds: float = _setting(3600.0, _at_least(0))
+    # An erasure intent older than this was left by a process that died
+    # mid-deletion: the next drain or repair settles it (see erasures.py).
+    settle_after_seconds: float = _setting(900.0, _at_least(0))
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -157,6 +178,11 @@ class ReconcileSettings:
     quarantine_prefix: str = _setting(
         "quarantine/", lambda v: None if v.endswith("/") and len(v) > 1 else "must end with /"
     )
+    # reconcile --versions: repairs of versioned buckets and multipart uploads.
+    incomplete_uploads: str = _setting("report", _one_of("report", "abort"))
+    incomplete_upload_days: int = _setting(7, _at_least(0))
+    orphaned_versions: str = _setting("report", _one_of("report", "delete"))
+    lone_delete_markers: str = _setting("report", _one_of("report", "delete"))
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -183,6 +209,23 @@ class WorkerSettings:
     reconcile_interval_seconds: int = _setting(0, _at_least(0))
 
 
+def _check_queue_urls(values: list[str]) -> str | None:
+    for value in values:
+        if not re.match(r"^https?://[^/\s]+/\S+$", value):
+            return f"has {value!r}, which is not an SQS queue URL (https://sqs.REGION.amazonaws.com/ACCOUNT/NAME)"
+    return None
+
+
+@dataclass(frozen=True, kw_only=True)
+class EventsSettings:
+    queue_urls: list[str] = _setting([], _check_queue_urls)
+    wait_seconds: int = _setting(20, _between(0, 20))  # SQS long polling
+    endpoint_url: str = _setting("", _check_endpoint)  # SQS-compatible endpoint; empty for AWS
+    receivers: int = _setting(2, _between(1, 32))  # receive loops in flight per queue
+    batch_messages: int = _setting(100, _between(1, 1000))  # messages applied in one transaction, at most
+    visibility_timeout_seconds: int = _setting(0, _between(0, 43200))  # 0: the queue's own
+
+
 @dataclass(frozen=True, kw_only=True)
 class Settings:
     database: DatabaseSettings = field(default_factory=DatabaseSettings)
@@ -193,6 +236,7 @@ class Settings:
     presign: PresignSettings = field(default_factory=PresignSettings)
     logging: LoggingSettings = field(default_factory=LoggingSettings)
     worker: WorkerSettings = field(default_factory=WorkerSettings)
+    events: EventsSettings = field(default_factory=EventsSettings)
     source: str = "defaults"  # where the settings came from, for messages
 
     def replace(self, **sections: Any) -> Settings:
@@ -333,6 +377,8 @@ def _parse_env(raw: str, kind: Any, key: str, variable: str) -> Any:
         except ValueError:
             what = "a whole number" if kind is int else "a number"
             raise ConfigError(f"config: {key} must be {what}, got {raw!r} (from {variable})") from None
+    if typing.get_origin(kind) is dict:
+        return _parse_env_table(raw, key, variable)
     if typing.get_origin(kind) is list:
         text = raw.strip()
         if text.startswith("["):
@@ -344,6 +390,25 @@ def _parse_env(raw: str, kind: Any, key: str, variable: str) -> Any:
                 ) from None
         return [part.strip() for part in text.split(",") if part.strip()]
     return raw
+
+
+def _parse_env_table(raw: str, key: str, variable: str) -> dict[str, str]:
+    """A table from the environment: a TOML inline table (``{b = "eu-west-1"}``)
+    or comma-separated ``name=value`` pairs."""
+    text = raw.strip()
+    problem = f"config: {key} must be a TOML inline table or name=value pairs separated by commas (from {variable})"
+    if text.startswith("{"):
+        try:
+            return dict(tomllib.loads(f"v = {text}")["v"])
+        except tomllib.TOMLDecodeError:
+            raise ConfigError(problem) from None
+    table = {}
+    for pair in filter(None, (part.strip() for part in text.split(","))):
+        name, equals, value = pair.partition("=")
+        if not equals or not name.strip():
+            raise ConfigError(problem)
+        table[name.strip()] = value.strip()
+    return table
 
 
 def _coerce(value: Any, kind: Any, key: str, origin: str) -> Any:
@@ -363,6 +428,10 @@ def _coerce(value: Any, kind: Any, key: str, origin: str) -> Any:
         if isinstance(value, list) and all(isinstance(v, str) for v in value):
             return list(value)
         raise ConfigError(f"config: {key} must be a list of strings{origin}")
+    if typing.get_origin(kind) is dict:
+        if isinstance(value, dict) and all(isinstance(v, str) for v in value.values()):
+            return dict(value)
+        raise ConfigError(f"config: {key} must be a table of strings{origin}")
     if isinstance(value, str):
         return value
     raise ConfigError(f"config: {key} must be a string{origin}")

@@ -10,10 +10,11 @@ from __future__ import annotations
 
 import argparse
 import sys
+import uuid
 from typing import TYPE_CHECKING
 
 from trr_assets.cli import render
-from trr_assets.config import Settings
+from trr_assets.config import SIGV4_MAX_EXPIRES_SECONDS, Settings
 from trr_assets.errors import DriftFound, PartialFailure, Summary, UsageError
 
 if TYPE_CHECKING:
@@ -70,7 +71,10 @@ def reconcile(args: argparse.Namespace, settings: Settings) -> int:
         grace_seconds=args.grace_seconds,
         force=bool(args.force),
         inventory=args.inventory,
+        versions=bool(args.versions),
     )
+    if options.versions and options.inventory:
+        raise UsageError("reconcile: --versions lists the bucket; it does not go with --inventory")
     progress: Progress | None = render.ReconcileBar(sys.stderr) if _terminal() else None
     with render.output(args.output, command="reconcile") as out:
         report = render.JsonlReport(out) if args.format == "jsonl" else render.TextReport(out)
@@ -90,9 +94,28 @@ def reconcile(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def presign(args: argparse.Namespace, settings: Settings) -> int:
-    from trr_assets import presign as urls
+    """Print the URL of ``args.target``: an asset id (looked up as the
+    service; no row is ``AssetNotFound``, exit 1) or ``s3://BUCKET/KEY``
+    (signed as is). Bad arguments are ``UsageError`` (exit 2)."""
+    from trr_assets.presign import Presigner
 
-    print(urls.cli_url(settings, args.target, method=args.method, expires=args.expires))
+    target, expires = args.target, args.expires
+    if expires is not None and not 1 <= expires <= SIGV4_MAX_EXPIRES_SECONDS:
+        raise UsageError(f"presign: --expires must be between 1 and {SIGV4_MAX_EXPIRES_SECONDS}, got {expires}")
+    asset_id: uuid.UUID | None = None
+    if target.startswith("s3://"):
+        bucket, _, key = target[len("s3://") :].partition("/")
+        if not bucket or not key:
+            raise UsageError(f"presign: {target!r} is not s3://BUCKET/KEY")
+    else:
+        try:
+            asset_id = uuid.UUID(target)
+        except ValueError:
+            raise UsageError(f"presign: {target!r} is neither an asset id (a UUID) nor s3://BUCKET/KEY") from None
+    with Presigner(settings) as presigner:
+        if asset_id is not None:
+            bucket, key = presigner.locate(asset_id)
+        print(presigner.url_for_key(bucket, key, args.method, expires))
     return 0
 
 
@@ -117,6 +140,36 @@ def process_deletes(args: argparse.Namespace, settings: Settings) -> int:
         result["requeued"] = requeued
     render.print_json(result)
     return check(report)
+
+
+def erasures(args: argparse.Namespace, settings: Settings) -> int:
+    """The erasure record as JSON lines, oldest first."""
+    from trr_assets import db
+    from trr_assets import erasures as record
+
+    with db.connect(settings.database, autocommit=True) as conn:
+        render.json_lines(record.listed(conn, bucket=args.bucket, key=args.key, since=args.since))
+    return 0
+
+
+def listen(args: argparse.Namespace, settings: Settings) -> int:
+    """Until SIGTERM or SIGINT (the batch being applied is finished, messages
+    not applied yet go back to the queue), or with ``--once`` until the
+    queues are empty. Prints the counts; exit 1 when a receive or a batch failed."""
+    import signal
+    import threading
+
+    from trr_assets import listen as job
+
+    stop = threading.Event()
+    previous = {sig: signal.signal(sig, lambda *_: stop.set()) for sig in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        report = job.run(settings, once=args.once, stop=stop)
+    finally:
+        for sig, old in previous.items():
+            signal.signal(sig, old)
+    render.print_json(report.as_dict())
+    return check(report, prefix="listen: ")
 
 
 def worker(args: argparse.Namespace, settings: Settings) -> int:
