@@ -221,7 +221,7 @@ class EventsSettings:
     queue_urls: list[str] = _setting([], _check_queue_urls)
     wait_seconds: int = _setting(20, _between(0, 20))  # SQS long polling
     endpoint_url: str = _setting("", _check_endpoint)  # SQS-compatible endpoint; empty for AWS
-    receivers: int = _setting(2, _between(1, 32))  # receive loops in flight per queue
+    receivers: int = _setting(4, _between(1, 32))  # receive loops in flight per queue
     batch_messages: int = _setting(100, _between(1, 1000))  # messages applied in one transaction, at most
     visibility_timeout_seconds: int = _setting(0, _between(0, 43200))  # 0: the queue's own
 
