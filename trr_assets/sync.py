@@ -378,8 +378,8 @@ class _Heads:
             guess = metadata.guess_content_type
             return (_Row(obj.key, show_id, obj.size, obj.etag, guess(obj.key), None) for obj, show_id in todo)
         if self.native is not None:
-            answers = self.native.heads(bucket, [obj.key for obj, _ in todo])
-            return (_row(obj, show_id, answer) for (obj, show_id), answer in zip(todo, answers))
+            heads = self.native.heads(bucket, [obj.key for obj, _ in todo])
+            return (_row(obj, show_id, answer) for (obj, show_id), answer in zip(todo, heads, strict=True))
         size = max(1, min(HEAD_RUN_MAX, len(todo) // (4 * self.workers)))
         if size == 1:
             return self.pool.map(lambda item: _head(client, bucket, item[0], item[1]), todo)
@@ -698,11 +698,11 @@ def run(
     opened = _open(pool, readers, settings.database.connect_timeout_seconds)
     progress_line.start("sync", len(units))
     with opened, ThreadPoolExecutor(s3.head_concurrency, thread_name_prefix="trr-head") as heads, \
-            storage_heads.for_client(client, s3) as native, _loaded(settings, client, manifest, prefix) as report:
+            storage_heads.for_client(client, s3) as native, _loaded(settings, client, manifest, prefix) as loaded:
         # A shard found to hold more than its share is split while the
         # run's listings are doubled at most (see storage.ListingSplits).
         splits = storage.ListingSplits(extra_listings=s3.list_concurrency)
-        ctx = _Context(settings, client, pool, heads, native, splits, prefix, progress_line, stop, report)
+        ctx = _Context(settings, client, pool, heads, native, splits, prefix, progress_line, stop, loaded)
         _run_units(ctx, units)
         if settings.sync.metadata == metadata.HEAD:
             for tally in tallies.values():
@@ -886,7 +886,9 @@ def _loaded(
         yield conn
 
 
-def _differences(ctx: _Context, reader: psycopg.Connection[Any], bucket: str, shard: keys.KeyRange) -> Iterator[diff.Batch]:
+def _differences(
+    ctx: _Context, reader: psycopg.Connection[Any], bucket: str, shard: keys.KeyRange
+) -> Iterator[diff.Batch]:
     """The range's objects (listed, or from the inventory report) merged with its rows."""
     # Sync compares size and ETag only: the lighter row stream will do.
     if ctx.report is None:
