@@ -8,7 +8,14 @@ import pytest
 import structlog
 
 from tests.conftest import make_show
-from tests.reconcile_helpers import add_row, plant, put, read_jsonl, row_keys, write_config
+from tests.reconcile_helpers import (
+    add_row,
+    plant,
+    put,
+    read_jsonl,
+    row_keys,
+    write_config,
+)
 from trr_assets import cli
 
 

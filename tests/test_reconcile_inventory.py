@@ -15,7 +15,7 @@ import pytest
 
 from tests.conftest import TEST_BUCKET, make_settings
 from tests.reconcile_helpers import add_row, keys_of, object_keys, plant, put, row_keys, run
-from trr_assets import errors, reconcile
+from trr_assets import errors
 from trr_assets.errors import UsageError
 
 INVENTORY_BUCKET = "trr-inventory-reports"

@@ -20,7 +20,7 @@ from hypothesis import strategies as st
 
 from tests.conftest import TEST_BUCKET, make_settings
 from tests.fault_helpers import _Body
-from trr_assets import storage
+from trr_assets import listing_parser, storage
 
 NS = "http://s3.amazonaws.com/doc/2006-03-01/"
 
@@ -43,7 +43,7 @@ def botocore_parse(body: bytes) -> dict[str, Any]:
 
 
 def fast_parse(body: bytes) -> dict[str, Any] | None:
-    return storage._ListingParser(storage._compile(SHAPE, storage.parse_timestamp)).parse(body)
+    return listing_parser.ListingParser(listing_parser.compile_shape(SHAPE, storage.parse_timestamp)).parse(body)
 
 
 # XML 1.0 text: no control characters but tab and newline, no surrogates.
@@ -111,7 +111,7 @@ def test_fast_parser_gives_botocores_answer_for_any_page(body: bytes) -> None:
     b"<ListBucketResult><MaxKeys/></ListBucketResult>",  # an empty number
 ])
 def test_pages_the_fast_parser_is_unsure_of_are_left_to_botocore(body: bytes) -> None:
-    handler = storage._ListingParser(storage._compile(SHAPE, storage.parse_timestamp))
+    handler = listing_parser.ListingParser(listing_parser.compile_shape(SHAPE, storage.parse_timestamp))
     response = {"status_code": 200, "headers": {}, "body": body}
     merged: dict[str, Any] = {}
     handler(operation_model=OPERATION, response_dict=response, customized_response_dict=merged)
@@ -158,7 +158,7 @@ def test_the_fast_parser_does_the_parsing_on_make_clients_clients(s3: Any, monke
 
     fast.meta.events.register("before-parse.s3.ListObjectsV2", spy)
     assert [o["Key"] for o in fast.list_objects_v2(Bucket=TEST_BUCKET)["Contents"]] == ["shows/a"]
-    assert seen == [storage._EMPTY_PAGE]
+    assert seen == [listing_parser.EMPTY_PAGE]
 
 
 @pytest.mark.parametrize("first_answer", [

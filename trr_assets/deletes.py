@@ -32,37 +32,23 @@ already deleted the entry: nothing is deleted. No lock on a
 
 from __future__ import annotations
 
-import re
 import time
 import uuid
-from concurrent.futures import ThreadPoolExecutor
-from collections.abc import Callable, Iterator, Sequence
-from dataclasses import asdict, dataclass, field
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass
 from typing import Any
 
 import psycopg
 import structlog
 
-from trr_assets import db, storage
+from trr_assets import db, object_deletes, storage
 from trr_assets.config import DeletesSettings, Settings
-from trr_assets.errors import StorageError
+from trr_assets.object_deletes import Entry, Outcome
 
 log = structlog.get_logger()
 
 # application_name of the drain's connection (visible in pg_stat_activity).
 DRAIN_APPLICATION_NAME = "trr-assets deletes"
-# DeleteObjects takes at most this many keys per request.
-MAX_KEYS_PER_REQUEST = 1000
-# all_versions: ListObjectVersions calls in flight at once.
-_VERSION_LISTING_THREADS = 8
-# Per-key error codes that mean the object (or version) is already gone.
-_GONE_CODES = frozenset({"NoSuchKey", "NoSuchVersion"})
-# Characters XML 1.0 cannot carry: a key holding one cannot travel in a
-# DeleteObjects body (S3 would refuse the whole request as MalformedXML,
-# failing the other 999 keys with it), so it goes alone through DeleteObject.
-# A carriage return too: the answer echoes the key in XML, whose parser reads
-# it back as a newline, so the key would never be seen confirmed.
-_XML_UNSAFE = re.compile("[\x00-\x08\x0b-\x1f\ud800-\udfff\ufffe\uffff]")
 
 
 @dataclass(frozen=True)
@@ -131,36 +117,6 @@ class DeleteReport:
             "failed": self.failed,
             "not_found": list(self.not_found),
         }
-
-
-@dataclass(frozen=True, slots=True)
-class _Entry:
-    id: int
-    bucket: str
-    key: str
-    attempts: int
-
-
-@dataclass
-class _Outcome:
-    """S3's answer for a set of entries: confirmed ids, refused ids with why."""
-
-    confirmed: set[int] = field(default_factory=set)
-    refused: dict[int, str] = field(default_factory=dict)
-    in_failed_call: set[int] = field(default_factory=set)  # refused because a whole request failed
-    requests: int = 0
-
-    @property
-    def call_failed(self) -> bool:
-        """Whether a whole request failed (network, 5xx, missing bucket)."""
-        return bool(self.in_failed_call)
-
-    def refuse(self, entries: Sequence[_Entry], error: str, *, whole_call: bool = False) -> None:
-        for entry in entries:
-            self.confirmed.discard(entry.id)
-            self.refused.setdefault(entry.id, error)
-            if whole_call:
-                self.in_failed_call.add(entry.id)
 
 
 @dataclass
@@ -310,7 +266,7 @@ def _drain_batch(
         for entry in entries:
             if entry.id in live:
                 log.warning("delete_skipped_live_row", bucket=entry.bucket, key=entry.key)
-        outcome = _delete_objects(client, [e for e in entries if e.id not in live], all_versions=config.all_versions)
+        outcome = object_deletes.delete_entries(client, [e for e in entries if e.id not in live], all_versions=config.all_versions)
         # Only now, with S3's answer in hand, do entries leave the queue; if
         # this transaction never commits, they are all still there.
         done = sorted(outcome.confirmed | live)
@@ -328,7 +284,7 @@ def _drain_batch(
     return len(entries), outcome.call_failed
 
 
-def _take(conn: psycopg.Connection[Any], scope: _Scope | None, seen: list[int], room: int) -> list[_Entry]:
+def _take(conn: psycopg.Connection[Any], scope: _Scope | None, seen: list[int], room: int) -> list[Entry]:
     """Lock the next entries (due ones, or those of ``scope``)."""
     if scope is None:
         params: dict[str, Any] = {"seen": seen, "limit": room}
@@ -336,7 +292,7 @@ def _take(conn: psycopg.Connection[Any], scope: _Scope | None, seen: list[int], 
     else:
         params = {"buckets": scope.buckets, "keys": scope.keys, "seen": seen, "limit": room}
         rows = conn.execute(db.query("take_key_deletes"), params).fetchall()
-    return [_Entry(*row) for row in rows]
+    return [Entry(*row) for row in rows]
 
 
 def _reschedule(
@@ -356,7 +312,7 @@ def _reschedule(
     return conn.execute(db.query("reschedule_deletes"), params).fetchall()
 
 
-def _report_refused(rescheduled: Sequence[tuple[Any, ...]], outcome: _Outcome, tally: _Tally) -> None:
+def _report_refused(rescheduled: Sequence[tuple[Any, ...]], outcome: Outcome, tally: _Tally) -> None:
     for entry_id, bucket, key, attempts, state, next_attempt_at in rescheduled:
         error = outcome.refused[entry_id]
         if state == "failed":
@@ -368,122 +324,6 @@ def _report_refused(rescheduled: Sequence[tuple[Any, ...]], outcome: _Outcome, t
             emit = log.debug if entry_id in outcome.in_failed_call else log.warning
             emit("delete_retry_scheduled", bucket=bucket, key=key, attempts=attempts,
                  next_attempt_at=next_attempt_at.isoformat(), error=error)
-
-
-# --- S3 --------------------------------------------------------------------------
-
-
-def _delete_objects(client: Any, entries: Sequence[_Entry], *, all_versions: bool) -> _Outcome:
-    """Delete the entries' objects, per bucket, and say which S3 confirmed."""
-    outcome = _Outcome()
-    by_bucket: dict[str, list[_Entry]] = {}
-    for entry in entries:
-        by_bucket.setdefault(entry.bucket, []).append(entry)
-    for bucket, group in by_bucket.items():
-        targets = _targets(client, bucket, group, outcome) if all_versions else [(e, {"Key": e.key}) for e in group]
-        pending = {e.id for e, _ in targets}
-        # Entries with nothing to delete (no version left) are done already.
-        outcome.confirmed.update(e.id for e in group if e.id not in pending and e.id not in outcome.refused)
-        safe = [t for t in targets if not _XML_UNSAFE.search(t[1]["Key"])]
-        unsafe = [t for t in targets if _XML_UNSAFE.search(t[1]["Key"])]
-        for start in range(0, len(safe), MAX_KEYS_PER_REQUEST):
-            _delete_chunk(client, bucket, safe[start : start + MAX_KEYS_PER_REQUEST], outcome)
-        for target in unsafe:
-            _delete_one(client, bucket, target, outcome)
-    return outcome
-
-
-def _targets(
-    client: Any, bucket: str, group: Sequence[_Entry], outcome: _Outcome
-) -> list[tuple[_Entry, dict[str, str]]]:
-    """Every version and delete marker of each entry's key (``all_versions``).
-
-    One listing per key, a few at a time: the batch's locks are held
-    meanwhile, so the listings should not take longer than they must.
-    """
-
-    def listed(entry: _Entry) -> list[str] | StorageError:
-        try:
-            return list(_versions_of(client, bucket, entry.key))
-        except StorageError as exc:
-            return exc
-
-    targets: list[tuple[_Entry, dict[str, str]]] = []
-    with ThreadPoolExecutor(max_workers=_VERSION_LISTING_THREADS, thread_name_prefix="trr-versions") as pool:
-        for entry, versions in zip(group, pool.map(listed, group), strict=True):
-            if isinstance(versions, StorageError):
-                log.warning("list_object_versions_failed", bucket=bucket, key=entry.key, error=str(versions))
-                outcome.refuse([entry], str(versions), whole_call=True)
-                continue
-            targets.extend((entry, {"Key": entry.key, "VersionId": version}) for version in versions)
-    return targets
-
-
-def _versions_of(client: Any, bucket: str, key: str) -> Iterator[str]:
-    """The version ids (delete markers included) of exactly ``key``."""
-    params: dict[str, Any] = {"Bucket": bucket, "Prefix": key}
-    while True:
-        with storage.wrap_errors("list object versions", bucket):
-            page = client.list_object_versions(**params)
-        for item in [*page.get("Versions", ()), *page.get("DeleteMarkers", ())]:
-            if item["Key"] == key:
-                yield item["VersionId"]
-        # Listings are in key order and ``key`` sorts first among the keys it
-        # prefixes: once the listing has moved past it, it is done.
-        if not page.get("IsTruncated") or page.get("NextKeyMarker") != key:
-            return
-        params["KeyMarker"] = page["NextKeyMarker"]
-        params["VersionIdMarker"] = page["NextVersionIdMarker"]
-
-
-def _delete_chunk(
-    client: Any, bucket: str, chunk: Sequence[tuple[_Entry, dict[str, str]]], outcome: _Outcome
-) -> None:
-    """One DeleteObjects request; an entry is confirmed when every object of
-    it in the request is reported deleted (or already gone)."""
-    by_key = {target[1]["Key"]: target[0] for target in chunk}
-    outcome.requests += 1
-    try:
-        with storage.wrap_errors("delete objects", bucket):
-            answer = client.delete_objects(
-                Bucket=bucket, Delete={"Objects": [obj for _, obj in chunk], "Quiet": False}
-            )
-    except StorageError as exc:
-        log.warning("delete_objects_failed", bucket=bucket, keys=len(chunk), error=str(exc))
-        outcome.refuse([entry for entry, _ in chunk], str(exc), whole_call=True)
-        return
-    confirmed: set[tuple[str, str | None]] = set()
-    for item in answer.get("Deleted", ()):
-        confirmed.add((item.get("Key", ""), item.get("VersionId")))
-    for item in answer.get("Errors", ()):
-        key, code = item.get("Key", ""), item.get("Code", "")
-        if code in _GONE_CODES:
-            confirmed.add((key, item.get("VersionId")))
-        elif key in by_key:
-            outcome.refuse([by_key[key]], f"{code}: {item.get('Message') or code}")
-    for entry, obj in chunk:
-        if entry.id in outcome.refused:
-            continue
-        if (obj["Key"], obj.get("VersionId")) in confirmed or (obj["Key"], None) in confirmed:
-            outcome.confirmed.add(entry.id)
-        else:
-            outcome.refuse([entry], "s3: delete objects: the response did not confirm this key")
-
-
-def _delete_one(client: Any, bucket: str, target: tuple[_Entry, dict[str, str]], outcome: _Outcome) -> None:
-    """DeleteObject for a key that cannot travel in a DeleteObjects body."""
-    entry, obj = target
-    try:
-        with storage.wrap_errors("delete object", bucket):
-            client.delete_object(Bucket=bucket, **obj)
-    except StorageError as exc:
-        if storage.error_code(exc.__cause__ or exc) in _GONE_CODES:
-            outcome.confirmed.add(entry.id)
-            return
-        outcome.refuse([entry], str(exc))
-        return
-    if entry.id not in outcome.refused:
-        outcome.confirmed.add(entry.id)
 
 
 # --- helpers ---------------------------------------------------------------------
