@@ -44,6 +44,7 @@ import structlog
 from trr_assets import db, object_deletes, storage
 from trr_assets.config import DeletesSettings, Settings
 from trr_assets.object_deletes import Entry, Outcome
+from trr_assets.storage import S3Client
 
 log = structlog.get_logger()
 
@@ -143,7 +144,7 @@ class _Scope:
 def drain(
     settings: Settings,
     *,
-    client: Any = None,
+    client: S3Client | None = None,
     keys: Sequence[tuple[str, str]] | None = None,
     limit: int | None = None,
     should_stop: Callable[[], bool] | None = None,
@@ -196,7 +197,7 @@ def drain(
     return report
 
 
-def delete_assets(settings: Settings, asset_ids: Sequence[str], *, client: Any = None) -> DeleteReport:
+def delete_assets(settings: Settings, asset_ids: Sequence[str], *, client: S3Client | None = None) -> DeleteReport:
     """Delete these asset rows, then drain their queued objects at once.
 
     The rows go in one transaction (the trigger enqueues their objects in
@@ -248,7 +249,7 @@ def requeue_failed(settings: Settings, *, bucket: str | None = None) -> int:
 
 def _drain_batch(
     conn: psycopg.Connection[Any],
-    client: Any,
+    client: S3Client,
     config: DeletesSettings,
     scope: _Scope | None,
     seen: list[int],

@@ -19,10 +19,13 @@ from __future__ import annotations
 
 import re
 from collections.abc import Callable
-from typing import Any, NamedTuple
+from typing import TYPE_CHECKING, Any, NamedTuple
 from xml.etree import ElementTree
 
 import botocore.handlers
+
+if TYPE_CHECKING:
+    from mypy_boto3_s3 import S3Client
 
 EMPTY_PAGE = b'<ListBucketResult xmlns="http://s3.amazonaws.com/doc/2006-03-01/"></ListBucketResult>'
 _NAMESPACE = re.compile(r"\{.*\}")
@@ -137,7 +140,7 @@ class ListingParser:
             response_dict["body"] = EMPTY_PAGE
 
 
-def install(client: Any, timestamp: Callable[[str], Any]) -> None:
+def install(client: S3Client, timestamp: Callable[[str], Any]) -> None:
     """Parse ``client``'s listing pages with ``ListingParser`` (see above),
     timestamps with ``timestamp``.
 

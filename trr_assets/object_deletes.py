@@ -8,12 +8,16 @@ import re
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import structlog
 
 from trr_assets import storage
 from trr_assets.errors import StorageError
+from trr_assets.storage import S3Client
+
+if TYPE_CHECKING:
+    from mypy_boto3_s3.type_defs import ObjectIdentifierTypeDef
 
 log = structlog.get_logger()
 
@@ -63,14 +67,14 @@ class Outcome:
                 self.in_failed_call.add(entry.id)
 
 
-def delete_entries(client: Any, entries: Sequence[Entry], *, all_versions: bool) -> Outcome:
+def delete_entries(client: S3Client, entries: Sequence[Entry], *, all_versions: bool) -> Outcome:
     """Delete the entries' objects, per bucket, and say which S3 confirmed."""
     outcome = Outcome()
     by_bucket: dict[str, list[Entry]] = {}
     for entry in entries:
         by_bucket.setdefault(entry.bucket, []).append(entry)
     for bucket, group in by_bucket.items():
-        targets = _targets(client, bucket, group, outcome) if all_versions else [(e, {"Key": e.key}) for e in group]
+        targets = _targets(client, bucket, group, outcome) if all_versions else _current(group)
         pending = {e.id for e, _ in targets}
         # Entries with nothing to delete (no version left) are done already.
         outcome.confirmed.update(e.id for e in group if e.id not in pending and e.id not in outcome.refused)
@@ -83,9 +87,14 @@ def delete_entries(client: Any, entries: Sequence[Entry], *, all_versions: bool)
     return outcome
 
 
+def _current(group: Sequence[Entry]) -> list[tuple[Entry, ObjectIdentifierTypeDef]]:
+    """Each entry's key as it is now (an unversioned delete)."""
+    return [(e, {"Key": e.key}) for e in group]
+
+
 def _targets(
-    client: Any, bucket: str, group: Sequence[Entry], outcome: Outcome
-) -> list[tuple[Entry, dict[str, str]]]:
+    client: S3Client, bucket: str, group: Sequence[Entry], outcome: Outcome
+) -> list[tuple[Entry, ObjectIdentifierTypeDef]]:
     """Every version and delete marker of each entry's key (``all_versions``).
 
     One listing per key, a few at a time: the batch's locks are held
@@ -98,7 +107,7 @@ def _targets(
         except StorageError as exc:
             return exc
 
-    targets: list[tuple[Entry, dict[str, str]]] = []
+    targets: list[tuple[Entry, ObjectIdentifierTypeDef]] = []
     with ThreadPoolExecutor(max_workers=_VERSION_LISTING_THREADS, thread_name_prefix="trr-versions") as pool:
         for entry, versions in zip(group, pool.map(listed, group), strict=True):
             if isinstance(versions, StorageError):
@@ -110,7 +119,7 @@ def _targets(
 
 
 def _delete_chunk(
-    client: Any, bucket: str, chunk: Sequence[tuple[Entry, dict[str, str]]], outcome: Outcome
+    client: S3Client, bucket: str, chunk: Sequence[tuple[Entry, ObjectIdentifierTypeDef]], outcome: Outcome
 ) -> None:
     """One DeleteObjects request; an entry is confirmed when every object of
     it in the request is reported deleted (or already gone)."""
@@ -125,12 +134,12 @@ def _delete_chunk(
     confirmed: set[tuple[str, str | None]] = set()
     for item in answer.get("Deleted", ()):
         confirmed.add((item.get("Key", ""), item.get("VersionId")))
-    for item in answer.get("Errors", ()):
-        key, code = item.get("Key", ""), item.get("Code", "")
+    for error in answer.get("Errors", ()):
+        key, code = error.get("Key", ""), error.get("Code", "")
         if code in _GONE_CODES:
-            confirmed.add((key, item.get("VersionId")))
+            confirmed.add((key, error.get("VersionId")))
         elif key in by_key:
-            outcome.refuse([by_key[key]], f"{code}: {item.get('Message') or code}")
+            outcome.refuse([by_key[key]], f"{code}: {error.get('Message') or code}")
     for entry, obj in chunk:
         if entry.id in outcome.refused:
             continue
@@ -140,7 +149,7 @@ def _delete_chunk(
             outcome.refuse([entry], "s3: delete objects: the response did not confirm this key")
 
 
-def _delete_one(client: Any, bucket: str, target: tuple[Entry, dict[str, str]], outcome: Outcome) -> None:
+def _delete_one(client: S3Client, bucket: str, target: tuple[Entry, ObjectIdentifierTypeDef], outcome: Outcome) -> None:
     """DeleteObject for a key that cannot travel in a DeleteObjects body."""
     entry, obj = target
     try:

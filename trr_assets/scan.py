@@ -28,6 +28,7 @@ from trr_assets.config import Settings
 from trr_assets.diff import Batch
 from trr_assets.keys import KeyRange
 from trr_assets.records import RowInfo
+from trr_assets.storage import S3Client
 
 
 class Progress(Protocol):
@@ -78,7 +79,7 @@ RowStream = Callable[[psycopg.Connection[Any], str, KeyRange], Iterator[RowInfo]
 
 
 def diff_range(
-    client: Any,
+    client: S3Client,
     conn: psycopg.Connection[Any],
     bucket: str,
     prefix: str,

@@ -14,10 +14,10 @@ import email.utils
 import functools
 import queue
 import threading
-from collections.abc import Callable, Generator, Iterator
+from collections.abc import Callable, Generator, Iterator, Sequence
 from contextlib import contextmanager
 from datetime import datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any, Literal, cast
 
 import boto3
 import botocore.config
@@ -32,12 +32,27 @@ from trr_assets.errors import BucketNotFound, StorageError
 from trr_assets.keys import KeyRange, exact_prefix, split_points
 from trr_assets.records import ObjectInfo, object_info
 
+if TYPE_CHECKING:  # the stubs (boto3-stubs[s3]) are a test extra: annotations only
+    from botocore.response import StreamingBody
+    from mypy_boto3_s3 import S3Client
+    from mypy_boto3_s3.type_defs import (
+        CopySourceTypeDef,
+        DeleteObjectsOutputTypeDef,
+        HeadObjectOutputTypeDef,
+        ObjectIdentifierTypeDef,
+    )
+else:
+    S3Client = Any
+
 log = structlog.get_logger()
+
+_RetryMode = Literal["standard", "adaptive", "legacy"]  # config checks the values
+_AddressingStyle = Literal["auto", "path", "virtual"]
 
 _session_lock = threading.Lock()
 
 
-def make_client(settings: S3Settings, *, max_pool_connections: int | None = None) -> Any:
+def make_client(settings: S3Settings, *, max_pool_connections: int | None = None) -> S3Client:
     """A botocore S3 client configured from ``settings`` (SigV4, always).
 
     Thread-safe to use; creating one is not (boto3's default session is not),
@@ -52,8 +67,8 @@ def make_client(settings: S3Settings, *, max_pool_connections: int | None = None
         region_name=settings.region,
         # botocore's "max_attempts" counts retries only; s3.max_attempts
         # counts every try, the first included, which is "total_max_attempts".
-        retries={"mode": settings.retry_mode, "total_max_attempts": settings.max_attempts},
-        s3={"addressing_style": settings.addressing_style},
+        retries={"mode": cast(_RetryMode, settings.retry_mode), "total_max_attempts": settings.max_attempts},
+        s3={"addressing_style": cast(_AddressingStyle, settings.addressing_style)},
         connect_timeout=settings.connect_timeout_seconds,
         read_timeout=settings.read_timeout_seconds,
         max_pool_connections=max_pool_connections,
@@ -137,7 +152,7 @@ def wrapped(exc: Exception, action: str, bucket: str | None = None) -> StorageEr
 _MISSING_OBJECT_CODES = frozenset({"404", "NoSuchKey", "NotFound"})
 
 
-def head_object(client: Any, bucket: str, key: str) -> dict[str, Any] | None:
+def head_object(client: S3Client, bucket: str, key: str) -> HeadObjectOutputTypeDef | None:
     """HEAD one object: S3's answer, or None when the object does not exist.
 
     A plain try/except rather than ``wrap_errors``: sync HEADs every new
@@ -145,7 +160,7 @@ def head_object(client: Any, bucket: str, key: str) -> dict[str, Any] | None:
     against an in-memory S3.
     """
     try:
-        return client.head_object(Bucket=bucket, Key=key)  # type: ignore[no-any-return]
+        return client.head_object(Bucket=bucket, Key=key)
     except (botocore.exceptions.ClientError, botocore.exceptions.BotoCoreError) as exc:
         if error_code(exc) in _MISSING_OBJECT_CODES:
             return None
@@ -158,17 +173,17 @@ _SINGLE_COPY_LIMIT = 5 * 1024**3  # CopyObject's limit; larger objects need a mu
 _PRECONDITION_CODES = frozenset({"412", "PreconditionFailed"})
 
 
-def get_object_body(client: Any, bucket: str, key: str, *, action: str = "get object") -> Any:
+def get_object_body(client: S3Client, bucket: str, key: str, *, action: str = "get object") -> StreamingBody:
     """GET one object: its body, a stream (read it inside ``wrap_errors``: a
     read can fail too)."""
     with wrap_errors(action, bucket):
         return client.get_object(Bucket=bucket, Key=key)["Body"]
 
 
-def copy_if_unchanged(client: Any, bucket: str, key: str, target: str, *, etag: str, size: int) -> bool:
+def copy_if_unchanged(client: S3Client, bucket: str, key: str, target: str, *, etag: str, size: int) -> bool:
     """Copy ``key`` to ``target`` in ``bucket`` if it still has ``etag``
     (metadata kept); False when it changed meanwhile."""
-    source = {"Bucket": bucket, "Key": key}
+    source: CopySourceTypeDef = {"Bucket": bucket, "Key": key}
     try:
         with wrap_errors("copy object to quarantine", bucket):
             if size <= _SINGLE_COPY_LIMIT:
@@ -185,23 +200,25 @@ def copy_if_unchanged(client: Any, bucket: str, key: str, target: str, *, etag: 
     return True
 
 
-def delete_object(client: Any, bucket: str, key: str, *, version_id: str | None = None) -> None:
+def delete_object(client: S3Client, bucket: str, key: str, *, version_id: str | None = None) -> None:
     """DeleteObject: ``key`` (one version of it, with ``version_id``)."""
-    extra = {"VersionId": version_id} if version_id is not None else {}
     with wrap_errors("delete object", bucket):
-        client.delete_object(Bucket=bucket, Key=key, **extra)
+        if version_id is None:
+            client.delete_object(Bucket=bucket, Key=key)
+        else:
+            client.delete_object(Bucket=bucket, Key=key, VersionId=version_id)
 
 
-def delete_objects(client: Any, bucket: str, objects: list[dict[str, str]]) -> dict[str, Any]:
+def delete_objects(
+    client: S3Client, bucket: str, objects: Sequence[ObjectIdentifierTypeDef]
+) -> DeleteObjectsOutputTypeDef:
     """One DeleteObjects request (``{"Key", "VersionId"?}`` each, at most
     1,000): S3's answer, ``Deleted`` and ``Errors``."""
     with wrap_errors("delete objects", bucket):
-        return client.delete_objects(  # type: ignore[no-any-return]
-            Bucket=bucket, Delete={"Objects": objects, "Quiet": False}
-        )
+        return client.delete_objects(Bucket=bucket, Delete={"Objects": objects, "Quiet": False})
 
 
-def object_versions(client: Any, bucket: str, key: str) -> Iterator[str]:
+def object_versions(client: S3Client, bucket: str, key: str) -> Iterator[str]:
     """The version ids (delete markers included) of exactly ``key``."""
     params: dict[str, Any] = {"Bucket": bucket, "Prefix": key}
     while True:
@@ -218,12 +235,12 @@ def object_versions(client: Any, bucket: str, key: str) -> Iterator[str]:
         params["VersionIdMarker"] = page["NextVersionIdMarker"]
 
 
-def put_object(client: Any, bucket: str, key: str, body: bytes, *, content_type: str) -> None:
+def put_object(client: S3Client, bucket: str, key: str, body: bytes, *, content_type: str) -> None:
     with wrap_errors("put object", bucket):
         client.put_object(Bucket=bucket, Key=key, Body=body, ContentType=content_type)
 
 
-def create_bucket(client: Any, bucket: str) -> None:
+def create_bucket(client: S3Client, bucket: str) -> None:
     with wrap_errors("create bucket", bucket):
         client.create_bucket(Bucket=bucket)
 
@@ -250,7 +267,7 @@ class ListingSplits:
 
 
 def list_objects(
-    client: Any,
+    client: S3Client,
     bucket: str,
     *,
     prefix: str = "",
@@ -282,7 +299,7 @@ def list_objects(
 
 
 def _pages(
-    client: Any,
+    client: S3Client,
     bucket: str,
     prefix: str,
     start_at: str | None,
@@ -355,7 +372,7 @@ def _split(splits: ListingSplits, contents: Any, stop_before: str | None, prefix
 
 
 def _split_listing(
-    client: Any,
+    client: S3Client,
     bucket: str,
     prefix: str,
     stop_before: str | None,
@@ -440,7 +457,7 @@ class _Ahead:
         self._closed.set()
 
 
-def check_bucket(client: Any, bucket: str) -> None:
+def check_bucket(client: S3Client, bucket: str) -> None:
     """Raise ``BucketNotFound`` unless ``bucket`` exists and is reachable."""
     with wrap_errors("check bucket", bucket):
         client.head_bucket(Bucket=bucket)

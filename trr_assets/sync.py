@@ -35,6 +35,7 @@ from trr_assets.config import Settings
 from trr_assets.errors import TrrAssetsError, one_line
 from trr_assets.records import ObjectInfo
 from trr_assets.scan import Progress, Scan, Unit
+from trr_assets.storage import S3Client
 from trr_assets.writer import UpsertCounts, upsert_objects
 
 log = structlog.get_logger()
@@ -156,7 +157,7 @@ class _BucketTally:
 @dataclass(frozen=True)
 class _Context:
     settings: Settings
-    client: Any
+    client: S3Client
     scan: Scan
     heads: Executor
     prefix: str
@@ -168,7 +169,7 @@ def run(
     *,
     buckets: Sequence[str] | None = None,
     prefix: str | None = None,
-    client: Any = None,
+    client: S3Client | None = None,
     progress: Progress | None = None,
     stop: threading.Event | None = None,
 ) -> SyncReport:

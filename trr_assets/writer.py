@@ -32,6 +32,7 @@ from trr_assets import db, ids, keys, storage
 from trr_assets.config import Settings
 from trr_assets.errors import DatabaseError
 from trr_assets.records import ObjectInfo
+from trr_assets.storage import S3Client
 
 log = structlog.get_logger()
 
@@ -99,7 +100,7 @@ def _skips(reason: keys.SkipReason, found: Sequence[str]) -> UpsertCounts:
 
 def upsert_objects(
     conn: psycopg.Connection[Any],
-    client: Any,
+    client: S3Client,
     bucket: str,
     objects: Iterable[ObjectInfo],
     *,
@@ -267,7 +268,7 @@ HEAD_RUN_MAX = 64  # objects HEADed one after another by one pool task, at most
 class Heads:
     """HEADs the objects of one bucket on ``pool``, sized for ``workers`` threads."""
 
-    client: Any
+    client: S3Client
     bucket: str
     pool: Executor
     workers: int
@@ -304,7 +305,7 @@ def _existing_shows(conn: psycopg.Connection[Any], show_ids: list[str]) -> set[s
     return {row[0] for row in found}
 
 
-def _head(client: Any, bucket: str, obj: ObjectInfo, show_id: str) -> _Row | None:
+def _head(client: S3Client, bucket: str, obj: ObjectInfo, show_id: str) -> _Row | None:
     """The object's current metadata, or None when it is gone."""
     response = storage.head_object(client, bucket, obj.key)
     if response is None:

@@ -37,6 +37,7 @@ from types import FrameType
 from typing import Any
 
 from trr_assets.errors import TrrAssetsError
+from trr_assets.storage import S3Client
 
 Command = Callable[[Sequence[str]], int]
 
@@ -247,10 +248,10 @@ class _Demo:
         self.command = command
         self.show_ids: list[uuid.UUID] = []
         self.unattributable = ""
-        self._s3: Any = None
+        self._s3: S3Client | None = None
 
     @property
-    def s3(self) -> Any:
+    def s3(self) -> S3Client:
         if self._s3 is None:
             from trr_assets import storage
 

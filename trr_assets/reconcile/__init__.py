@@ -41,15 +41,32 @@ import structlog
 from trr_assets import db, diff, keys, scan, storage
 from trr_assets.config import Settings
 from trr_assets.diff import Batch, Diff
-from trr_assets.errors import ReconcileIncomplete, ReconcileRefused, TrrAssetsError, UsageError, one_line
+from trr_assets.errors import (
+    ReconcileIncomplete,
+    ReconcileRefused,
+    TrrAssetsError,
+    UsageError,
+    one_line,
+)
 from trr_assets.reconcile import history, inventory, judging, limits
 from trr_assets.reconcile.history import HISTORY_LIMIT, default_run_by
-from trr_assets.reconcile.inventory import InventoryManifest, load_inventory, parse_s3_url, read_manifest
+from trr_assets.reconcile.inventory import (
+    InventoryManifest,
+    load_inventory,
+    parse_s3_url,
+    read_manifest,
+)
 from trr_assets.reconcile.judging import finding
 from trr_assets.reconcile.limits import Judgement, limit_problems
 from trr_assets.reconcile.repairs import Repairs, import_object
-from trr_assets.reconcile.summary import REPAIR_COUNTS, SCAN_COUNTS, ReconcileOptions, ReconcileSummary
+from trr_assets.reconcile.summary import (
+    REPAIR_COUNTS,
+    SCAN_COUNTS,
+    ReconcileOptions,
+    ReconcileSummary,
+)
 from trr_assets.scan import Progress, Scan, Unit
+from trr_assets.storage import S3Client
 
 __all__ = [
     "HISTORY_LIMIT", "LIST_PAGE_SIZE", "REPAIR_COUNTS", "SCAN_COUNTS", "InventoryManifest", "ReconcileOptions",
@@ -76,7 +93,7 @@ class _Reconciler:
         self,
         settings: Settings,
         options: ReconcileOptions,
-        client: Any,
+        client: S3Client,
         buckets: list[str],
         prefix: str,
         cutoff: datetime,
@@ -282,7 +299,7 @@ def run(
     options: ReconcileOptions,
     *,
     sink: Sink | None = None,
-    client: Any = None,
+    client: S3Client | None = None,
     clock: Callable[[], datetime] = _utcnow,
     progress: Progress | None = None,
     stop: threading.Event | None = None,

@@ -26,6 +26,7 @@ from trr_assets import db, storage
 from trr_assets.errors import StorageError, UsageError, one_line
 from trr_assets.keys import KeyRange
 from trr_assets.records import ObjectInfo
+from trr_assets.storage import S3Client
 
 log = structlog.get_logger()
 
@@ -51,7 +52,7 @@ def parse_s3_url(url: str) -> tuple[str, str]:
     return match.group(1), match.group(2)
 
 
-def read_manifest(client: Any, url: str) -> InventoryManifest:
+def read_manifest(client: S3Client, url: str) -> InventoryManifest:
     """Fetch and check an S3 Inventory ``manifest.json`` (CSV reports only)."""
     bucket, key = parse_s3_url(url)
     with storage.wrap_errors("read inventory manifest", bucket):
@@ -81,7 +82,7 @@ def read_manifest(client: Any, url: str) -> InventoryManifest:
 
 
 def _inventory_rows(
-    client: Any, manifest: InventoryManifest, file_key: str, prefix: str
+    client: S3Client, manifest: InventoryManifest, file_key: str, prefix: str
 ) -> Iterator[tuple[str, int, str, str]]:
     """(key, size, etag, last modified) of current objects under ``prefix`` in one report file."""
     at = {name: i for i, name in enumerate(manifest.columns)}
@@ -114,7 +115,7 @@ def _inventory_rows(
 
 
 def load_inventory(
-    conn: psycopg.Connection[Any], client: Any, manifest: InventoryManifest, prefix: str
+    conn: psycopg.Connection[Any], client: S3Client, manifest: InventoryManifest, prefix: str
 ) -> int:
     """COPY the report into a session temp table; return how many entries it holds.
 

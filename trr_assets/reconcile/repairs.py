@@ -20,6 +20,7 @@ from trr_assets.errors import TrrAssetsError, one_line
 from trr_assets.keys import SkipReason
 from trr_assets.reconcile.limits import Judgement
 from trr_assets.records import ObjectInfo
+from trr_assets.storage import S3Client
 
 log = structlog.get_logger()
 
@@ -32,7 +33,7 @@ class _Head:
     content_type: str | None
 
 
-def _head(client: Any, bucket: str, key: str) -> _Head | None:
+def _head(client: S3Client, bucket: str, key: str) -> _Head | None:
     """The object as S3 has it now, or None when it is gone."""
     reply = storage.head_object(client, bucket, key)
     if reply is None:
@@ -46,7 +47,7 @@ def _head(client: Any, bucket: str, key: str) -> _Head | None:
 
 
 def import_object(
-    conn: psycopg.Connection[Any], client: Any, bucket: str, obj: ObjectInfo, *, settings: Settings
+    conn: psycopg.Connection[Any], client: S3Client, bucket: str, obj: ObjectInfo, *, settings: Settings
 ) -> str:
     """Make a row for one orphaned object; return the outcome.
 
@@ -74,7 +75,7 @@ def import_object(
 class Repairs:
     """The repair pass's actions, shared by its threads."""
 
-    def __init__(self, settings: Settings, client: Any, cutoff: datetime, judgements: dict[str, Judgement]) -> None:
+    def __init__(self, settings: Settings, client: S3Client, cutoff: datetime, judgements: dict[str, Judgement]) -> None:
         self.settings = settings
         self.client = client
         self.cutoff = cutoff
