@@ -23,9 +23,10 @@ import statistics
 import subprocess
 import sys
 import time
+import uuid
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Executor, Future
-from typing import Any
+from typing import TYPE_CHECKING, Any, cast
 
 import psycopg
 
@@ -33,6 +34,9 @@ from bench import data
 from bench.env import query
 from bench.harness import Benchmark, Context, Measured, Stat, megabytes, number, timed
 from bench.prefetched import PrefetchedS3
+
+if TYPE_CHECKING:  # PrefetchedS3 answers the calls sync makes, as a client would
+    from trr_assets.storage import S3Client
 
 PER_SHOW = 200
 BUCKET = data.BUCKET
@@ -50,17 +54,19 @@ class _Data:
         self.rows = [(show_of[o.key], BUCKET, o.key, data.CONTENT_TYPE, o.size, o.etag) for o in self.objects]
 
 
-def _shows_template(ctx: Context, d: _Data) -> str:
-    return ctx.env.template(f"shows:{len(d.shows)}", lambda conn, url: conn.execute(
-        query("insert_shows"), {"ids": d.shows}))
+def shows_template(ctx: Context, shows: list[uuid.UUID]) -> str:
+    """A database holding ``shows`` (built once per run)."""
+    return ctx.env.template(f"shows:{len(shows)}", lambda conn, url: conn.execute(
+        query("insert_shows"), {"ids": shows}))
 
 
-def _imported_template(ctx: Context, d: _Data) -> str:
+def imported_template(ctx: Context, shows: list[uuid.UUID]) -> str:
+    """A database holding ``shows`` and the rows of their ``PER_SHOW`` objects each."""
     def build(conn: psycopg.Connection[Any], url: str) -> None:
-        conn.execute(query("insert_assets"), {"bucket": BUCKET, "ids": d.shows, "per_show": PER_SHOW,
+        conn.execute(query("insert_assets"), {"bucket": BUCKET, "ids": shows, "per_show": PER_SHOW,
                                               "drift": False, "content_type": data.CONTENT_TYPE})
 
-    return ctx.env.template(f"imported:{d.n}", build, parent=_shows_template(ctx, d))
+    return ctx.env.template(f"imported:{len(shows) * PER_SHOW}", build, parent=shows_template(ctx, shows))
 
 
 class InlineExecutor(Executor):
@@ -88,7 +94,7 @@ def _upsert(ctx: Context, url: str, d: _Data) -> tuple[float, Any]:
 
     def write() -> Any:
         with db.connect(settings.database, autocommit=True) as conn:
-            return writer.upsert_objects(conn, d.client, BUCKET, d.objects, settings=settings,
+            return writer.upsert_objects(conn, cast("S3Client", d.client), BUCKET, d.objects, settings=settings,
                                          head_pool=InlineExecutor(), absent=True)
 
     return timed(write)
@@ -98,7 +104,7 @@ def _sync(ctx: Context, url: str, d: _Data) -> tuple[float, Any]:
     from trr_assets import sync
 
     settings = ctx.env.settings(url)
-    return timed(lambda: sync.run(settings, client=d.client))
+    return timed(lambda: sync.run(settings, client=cast("S3Client", d.client)))
 
 
 def _executemany(url: str, d: _Data) -> float:
@@ -155,7 +161,7 @@ def _written(url: str, lsn: Any, since: Any) -> tuple[int, int]:
 def run_import(ctx: Context) -> Measured:
     n = ctx.size(200_000, 20_000)
     d, warm = _Data(n), _Data(max(PER_SHOW, n // 10))
-    template, warm_template = _shows_template(ctx, d), _shows_template(ctx, warm)
+    template, warm_template = shows_template(ctx, d.shows), shows_template(ctx, warm.shows)
     for side in (_upsert, _sync):
         with ctx.env.database(warm_template) as url:
             side(ctx, url, warm)
@@ -207,7 +213,7 @@ def run_import(ctx: Context) -> Measured:
 def run_resync(ctx: Context) -> Measured:
     n = ctx.size(200_000, 20_000)
     d, warm = _Data(n), _Data(max(PER_SHOW, n // 10))
-    template, warm_template = _imported_template(ctx, d), _imported_template(ctx, warm)
+    template, warm_template = imported_template(ctx, d.shows), imported_template(ctx, warm.shows)
     with ctx.env.database(warm_template) as url:
         _sync(ctx, url, warm)
     with ctx.env.database(warm_template) as url:

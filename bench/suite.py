@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from bench import draining, importing, listing, merging, presigning, reconciling
+from bench import draining, end_to_end, importing, listing, merging, presigning, reconciling
 from bench.harness import Benchmark
 
 BENCHMARKS: tuple[Benchmark, ...] = (
@@ -10,6 +10,9 @@ BENCHMARKS: tuple[Benchmark, ...] = (
     presigning.GET_URLS,
     importing.IMPORT,
     importing.RESYNC,
+    end_to_end.E2E_IMPORT,
+    end_to_end.E2E_IMPORT_BIG,
+    end_to_end.E2E_RESYNC,
     merging.BENCHMARK,
     reconciling.BENCHMARK,
     listing.BENCHMARK,

@@ -135,6 +135,16 @@ def make_show(connection: psycopg.Connection[Any], *, org_id: uuid.UUID | None =
 # --- settings and S3 -----------------------------------------------------------
 
 
+def static_aws_credentials(env: pytest.MonkeyPatch) -> None:
+    """Fixed fake credentials, and no profile, endpoint or token from the machine."""
+    for name in ("AWS_PROFILE", "AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_S3", "AWS_SESSION_TOKEN"):
+        env.delenv(name, raising=False)
+    env.setenv("AWS_ACCESS_KEY_ID", "AKIATESTTESTTESTTEST")
+    env.setenv("AWS_SECRET_ACCESS_KEY", "test-secret-key-never-logged-0123456789")
+    env.setenv("AWS_CONFIG_FILE", "/nonexistent/trr-assets-test")
+    env.setenv("AWS_SHARED_CREDENTIALS_FILE", "/nonexistent/trr-assets-test")
+
+
 @pytest.fixture
 def aws_env(monkeypatch: pytest.MonkeyPatch) -> None:
     """Fake, fixed AWS credentials; nothing from the developer's machine leaks in."""

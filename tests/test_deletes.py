@@ -489,14 +489,14 @@ def test_process_deletes_requeue_failed_flag_requeues_and_drains(conn, s3, cli_e
     assert not object_exists(s3, key)
 
 
-def test_requeue_sql_documented_in_readme_works(conn, settings, s3):
-    """The SQL the README gives operators for requeueing failed entries makes them drainable again."""
+def test_requeue_sql_documented_in_docs_works(conn, settings, s3):
+    """The SQL docs/deletes.md gives operators for requeueing failed entries makes them drainable again."""
     show = make_show(conn)
     _, key = add_asset(conn, s3, show, "a.jpg")
     conn.execute("delete from core.show_assets")
     conn.execute("update trr_assets.delete_queue set state = 'failed', attempts = 12")
-    readme = (__import__("pathlib").Path(__file__).parents[1] / "README.md").read_text()
-    section = readme.split("### delete and process-deletes", 1)[1].split("\n### ", 1)[0]
+    doc = (__import__("pathlib").Path(__file__).parents[1] / "docs" / "deletes.md").read_text()
+    section = doc.split("**Failed entries.**", 1)[1]
     statement = section.split("```sql", 1)[1].split("```", 1)[0]
 
     conn.execute(statement)

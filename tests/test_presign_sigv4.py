@@ -24,10 +24,12 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from tests.conftest import static_aws_credentials
 from trr_assets import storage
 from trr_assets.config import S3Settings, settings_from_mapping
 from trr_assets.errors import ConfigError
-from trr_assets.presign import Presigner, QuerySigner, signing_window
+from trr_assets.presign import Presigner, signing_window
+from trr_assets.sigv4 import QuerySigner
 
 # (endpoint_url, addressing_style, region): AWS and custom endpoints, both styles.
 ENDPOINTS = [
@@ -61,12 +63,7 @@ def clients() -> Iterator[dict[tuple[int, bool], Any]]:
     """A client from storage.make_client per endpoint, with and without a session token."""
     made: dict[tuple[int, bool], Any] = {}
     with pytest.MonkeyPatch.context() as env:
-        for name in ("AWS_PROFILE", "AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_S3", "AWS_SESSION_TOKEN"):
-            env.delenv(name, raising=False)
-        env.setenv("AWS_ACCESS_KEY_ID", "AKIATESTTESTTESTTEST")
-        env.setenv("AWS_SECRET_ACCESS_KEY", "test-secret-key-never-logged-0123456789")
-        env.setenv("AWS_CONFIG_FILE", "/nonexistent/trr-assets-test")
-        env.setenv("AWS_SHARED_CREDENTIALS_FILE", "/nonexistent/trr-assets-test")
+        static_aws_credentials(env)
         for with_token in (False, True):
             if with_token:
                 env.setenv("AWS_SESSION_TOKEN", SESSION_TOKEN)

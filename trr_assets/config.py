@@ -118,7 +118,10 @@ class S3Settings:
     read_timeout_seconds: float = _setting(60.0, _between(0.1, 3600))
     list_shards: int = _setting(16, _between(1, 256))
     list_concurrency: int = _setting(8, _between(1, 64))
-    head_concurrency: int = _setting(16, _between(1, 128))
+    head_concurrency: int = _setting(128, _between(1, 1024))
+    # How HEAD requests are sent: "native" (storage_heads: own signing, kept-alive
+    # connections, one event loop) or "botocore" (a thread each, as before).
+    head_client: str = _setting("native", _one_of("native", "botocore"))
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -239,12 +239,7 @@ def migrate(settings: DatabaseSettings, *, enable: Sequence[str] = ()) -> list[s
             with wrap_errors("migrate: cannot create trr_assets.schema_migrations"):
                 with conn.transaction():
                     conn.execute(_MIGRATIONS_TABLE)
-                done = {
-                    name: checksum
-                    for name, checksum in conn.execute(
-                        "select name, checksum from trr_assets.schema_migrations"
-                    ).fetchall()
-                }
+                done = _recorded(conn)
             for migration in wanted:
                 if migration.name in done:
                     if done[migration.name] != migration.checksum:
@@ -253,11 +248,17 @@ def migrate(settings: DatabaseSettings, *, enable: Sequence[str] = ()) -> list[s
                 _apply(conn, migration)
                 applied_now.append(migration.name)
                 log.info("migration_applied", migration=migration.name)
+                done = _recorded(conn)  # a migration may bring an older record up to date
         finally:
             if not conn.closed:
                 with wrap_errors("migrate: cannot release the migration lock"):
                     conn.execute("select pg_advisory_unlock(%s)", (MIGRATE_LOCK_KEY,))
     return applied_now
+
+
+def _recorded(conn: psycopg.Connection[Any]) -> dict[str, str]:
+    """{migration name: checksum} of the applied migrations."""
+    return dict(conn.execute("select name, checksum from trr_assets.schema_migrations").fetchall())
 
 
 def _apply(conn: psycopg.Connection[Any], migration: Migration) -> None:

@@ -9,14 +9,9 @@ resets both). The pool's connection user owns the tables and so bypasses
 RLS; the role switch is what makes RLS apply. Without claims the caller is
 the service itself.
 
-URLs are SigV4 query-signed here rather than by botocore, whose
-``generate_presigned_url`` spends most of its ~0.4 ms per URL resolving the
-endpoint. ``QuerySigner`` asks botocore once per bucket where the bucket
-lives (URL prefix, host, signing region) and then signs each URL itself with
-a per-day signing key; the result is byte for byte what botocore would make
-(tests/test_presign_sigv4.py proves it). The S3 client and its credentials
-still come from boto3 (``storage.make_client``), so profiles, roles and
-refreshing credentials keep working.
+URLs are SigV4 query-signed by ``sigv4.QuerySigner`` rather than by
+botocore (byte for byte the same URL, many times faster); the S3 client and
+its credentials still come from boto3 (``storage.make_client``).
 
 Importing this module is cheap: boto3, botocore, psycopg and psycopg_pool
 are imported on first use, and the DB pool and the S3 client are made then,
@@ -25,10 +20,7 @@ once, and shared by every thread.
 
 from __future__ import annotations
 
-import hashlib
-import hmac
 import json
-import math
 import os
 import re
 import threading
@@ -39,7 +31,6 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import TYPE_CHECKING, Any
-from urllib.parse import quote, unquote, urlsplit
 
 import structlog
 
@@ -47,11 +38,11 @@ from trr_assets.config import SIGV4_MAX_EXPIRES_SECONDS, Settings, load_settings
 from trr_assets.errors import (
     AssetNotFound,
     ConfigError,
-    StorageError,
     TrrAssetsError,
     UploadRefused,
     UsageError,
 )
+from trr_assets.sigv4 import QuerySigner
 
 if TYPE_CHECKING:
     import psycopg
@@ -75,256 +66,11 @@ MAX_BATCH = 1000  # ids per get_urls call
 MAX_SINGLE_PUT_BYTES = 5 * 1024**3  # S3 refuses a single PUT above 5 GiB
 CLAIM_ROLES = ("anon", "authenticated", "service_role")  # the roles claims may name
 
-_ALGORITHM = "AWS4-HMAC-SHA256"
-_UNSIGNED_PAYLOAD = "UNSIGNED-PAYLOAD"
-_QUERY_SAFE = "-_.~"  # botocore's percent_encode: everything else is escaped
-_KEY_SAFE = "/~"  # botocore's greedy {Key+} label
 _METHODS = {"get": "GET", "put": "PUT", "GET": "GET", "PUT": "PUT"}
 _CONTENT_TYPE = re.compile(r"[a-z0-9!#$&^_.+-]+/[a-z0-9!#$&^_.+-]+")
-_SENTINEL_KEY = "k"
 
 
-# --- SigV4 query signing -------------------------------------------------------
-
-
-@dataclass(frozen=True, slots=True)
-class _Endpoint:
-    """Where one bucket's objects live, as botocore resolved it."""
-
-    base: str  # scheme://netloc/path-prefix: the URL up to the encoded key
-    path: str  # the path prefix alone; the canonical URI is path + encoded key
-    host: str  # the host header botocore signs (lowercase, no default port)
-    region: str  # the signing region
-    host_header: str  # "host:<host>\n", the canonical headers' last line
-
-
-@dataclass(frozen=True, slots=True)
-class _Signing:
-    """What one set of credentials signs with on one day in one region.
-
-    Holds the per-day signing key as the two SHA-256 states HMAC starts from
-    (key XOR ipad, key XOR opad), so a signature costs two hash copies and no
-    key derivation; and the credential and token query values, encoded once.
-    """
-
-    scope: str  # day/region/s3/aws4_request
-    credential: str  # X-Amz-Credential, percent-encoded
-    token: str | None  # X-Amz-Security-Token, percent-encoded
-    inner: Any
-    outer: Any
-
-    @classmethod
-    def derive(cls, access_key: str, secret_key: str, token: str | None, *, day: str, region: str) -> _Signing:
-        key = hmac.digest(("AWS4" + secret_key).encode(), day.encode(), "sha256")
-        for part in (region, "s3", "aws4_request"):
-            key = hmac.digest(key, part.encode(), "sha256")
-        block = key.ljust(64, b"\0")  # SHA-256's block size; a 32-byte key is padded, never hashed
-        scope = f"{day}/{region}/s3/aws4_request"
-        return cls(
-            scope=scope,
-            credential=quote(f"{access_key}/{scope}", safe=_QUERY_SAFE),
-            token=None if token is None else quote(token, safe=_QUERY_SAFE),
-            inner=hashlib.sha256(bytes(b ^ 0x36 for b in block)),
-            outer=hashlib.sha256(bytes(b ^ 0x5C for b in block)),
-        )
-
-    def signature(self, string_to_sign: bytes) -> str:
-        """HMAC-SHA256 of ``string_to_sign`` under the signing key, in hex."""
-        inner = self.inner.copy()
-        inner.update(string_to_sign)
-        outer = self.outer.copy()
-        outer.update(inner.digest())
-        return outer.hexdigest()
-
-
-def _host_from_url(url: str) -> str:
-    """The host header value botocore signs: lowercase, default port dropped."""
-    parts = urlsplit(url)
-    host = parts.hostname or ""
-    if ":" in host:  # an IPv6 literal
-        host = f"[{host}]"
-    if parts.port is not None and parts.port != {"http": 80, "https": 443}.get(parts.scheme):
-        host = f"{host}:{parts.port}"
-    return host
-
-
-class QuerySigner:
-    """SigV4 presigned S3 URLs, byte-identical to botocore's, much faster.
-
-    ``client`` is a SigV4 botocore S3 client (``storage.make_client``). Its
-    endpoint resolution runs once per bucket; its credentials are read again
-    at most every ``credentials_ttl`` seconds (refreshable credentials refresh
-    well before they expire, so a short cache never signs with dead keys).
-    Thread-safe.
-    """
-
-    _MAX_CACHED = 256
-
-    def __init__(self, client: Any, *, credentials_ttl: float = 1.0) -> None:
-        self._client = client
-        self._credentials_ttl = credentials_ttl
-        self._endpoints: dict[str, _Endpoint] = {}
-        self._signings: dict[tuple[tuple[str, str, str | None], str, str], _Signing] = {}
-        self._credentials_cache: tuple[float, tuple[str, str, str | None]] = (-math.inf, ("", "", None))
-        self._amz_date_cache: tuple[int, str] = (-1, "")
-        self._lock = threading.Lock()
-
-    def sign(
-        self,
-        method: str,
-        bucket: str,
-        key: str,
-        *,
-        expires: int,
-        signed_at: int,
-        content_type: str | None = None,
-        content_length: int | None = None,
-    ) -> str:
-        """The presigned URL: ``method`` is ``GET`` or ``PUT``, ``signed_at``
-        the signing time in whole seconds since the epoch. A PUT may bind a
-        content type and length: they become signed headers, and S3 refuses a
-        request whose headers differ."""
-        endpoint = self._endpoints.get(bucket) or self._resolve(bucket)
-        amz_date = self._amz_date(signed_at)
-        signing = self._signing(amz_date[:8], endpoint.region)
-        encoded_key = quote(key, safe=_KEY_SAFE)
-        query, canonical = _canonical_request(
-            method, endpoint, encoded_key, amz_date, signing, expires, content_type, content_length
-        )
-        digest = hashlib.sha256(canonical.encode()).hexdigest()
-        signature = signing.signature(f"{_ALGORITHM}\n{amz_date}\n{signing.scope}\n{digest}".encode())
-        return f"{endpoint.base}{encoded_key}?{query}&X-Amz-Signature={signature}"
-
-    def canonical_request(
-        self,
-        method: str,
-        bucket: str,
-        key: str,
-        *,
-        expires: int,
-        signed_at: int,
-        content_type: str | None = None,
-        content_length: int | None = None,
-    ) -> str:
-        """The SigV4 canonical request ``sign`` signs (for inspection and tests)."""
-        endpoint = self._endpoints.get(bucket) or self._resolve(bucket)
-        amz_date = self._amz_date(signed_at)
-        signing = self._signing(amz_date[:8], endpoint.region)
-        encoded_key = quote(key, safe=_KEY_SAFE)
-        return _canonical_request(
-            method, endpoint, encoded_key, amz_date, signing, expires, content_type, content_length
-        )[1]
-
-    def _amz_date(self, signed_at: int) -> str:
-        second, text = self._amz_date_cache
-        if second != signed_at:
-            text = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime(signed_at))
-            self._amz_date_cache = (signed_at, text)
-        return text
-
-    def _signing(self, day: str, region: str) -> _Signing:
-        """The signing state of the current credentials for one day and region."""
-        # One read of the credentials per URL: key id, secret and token match.
-        credentials = self._credentials()
-        cache_key = (credentials, day, region)
-        signing = self._signings.get(cache_key)
-        if signing is None:
-            signing = _Signing.derive(*credentials, day=day, region=region)
-            if len(self._signings) >= self._MAX_CACHED:
-                self._signings.clear()
-            self._signings[cache_key] = signing
-        return signing
-
-    def _credentials(self) -> tuple[str, str, str | None]:
-        """(access key, secret key, session token) from the client, cached briefly."""
-        fetched_at, frozen = self._credentials_cache
-        now = time.monotonic()
-        if now - fetched_at < self._credentials_ttl:
-            return frozen
-        from trr_assets import storage
-
-        # The object the client itself signs with: static, or refreshing
-        # (assumed roles, instance profiles, SSO), refreshed by botocore here.
-        credentials = self._client._request_signer._credentials
-        if credentials is None:
-            raise StorageError("s3: cannot presign: no AWS credentials found")
-        with storage.wrap_errors("read AWS credentials"):
-            current = credentials.get_frozen_credentials()
-        frozen = (current.access_key, current.secret_key, current.token)
-        self._credentials_cache = (now, frozen)
-        return frozen
-
-    def _resolve(self, bucket: str) -> _Endpoint:
-        """Ask botocore once where ``bucket`` lives: URL prefix, host, region."""
-        from trr_assets import storage
-
-        with self._lock:
-            endpoint = self._endpoints.get(bucket)
-            if endpoint is not None:
-                return endpoint
-            with storage.wrap_errors("presign", bucket):
-                url = self._client.generate_presigned_url(
-                    "get_object", Params={"Bucket": bucket, "Key": _SENTINEL_KEY}, ExpiresIn=1
-                )
-            parts = urlsplit(url)
-            query = dict(pair.partition("=")[::2] for pair in parts.query.split("&"))
-            if query.get("X-Amz-Algorithm") != _ALGORITHM or not parts.path.endswith("/" + _SENTINEL_KEY):
-                raise StorageError(f"s3: the client for bucket {bucket} does not make SigV4 URLs")
-            path = parts.path[: -len(_SENTINEL_KEY)]
-            host = _host_from_url(url)
-            endpoint = _Endpoint(
-                base=f"{parts.scheme}://{parts.netloc}{path}",
-                path=path,
-                host=host,
-                region=unquote(query["X-Amz-Credential"]).split("/")[2],
-                host_header=f"host:{host}\n",
-            )
-            if len(self._endpoints) >= self._MAX_CACHED:
-                self._endpoints.clear()
-            self._endpoints[bucket] = endpoint
-            return endpoint
-
-
-def _canonical_request(
-    method: str,
-    endpoint: _Endpoint,
-    encoded_key: str,
-    amz_date: str,
-    signing: _Signing,
-    expires: int,
-    content_type: str | None,
-    content_length: int | None,
-) -> tuple[str, str]:
-    """(URL query string, SigV4 canonical request), exactly as botocore makes them.
-
-    botocore writes the URL's query in insertion order (the security token
-    after the signed headers) but signs it sorted by name (the token before
-    them); both orders are reproduced. Header values are trimmed and their
-    inner runs of spaces squeezed, as SigV4 requires.
-    """
-    headers = endpoint.host_header
-    signed_headers = "host"
-    if content_type is not None:
-        headers = f"content-type:{' '.join(content_type.split())}\n" + headers
-        signed_headers = "content-type;" + signed_headers
-    if content_length is not None:  # sorted by name: content-length < content-type < host
-        headers = f"content-length:{int(content_length)}\n" + headers
-        signed_headers = "content-length;" + signed_headers
-    head = (
-        f"X-Amz-Algorithm={_ALGORITHM}&X-Amz-Credential={signing.credential}"
-        f"&X-Amz-Date={amz_date}&X-Amz-Expires={expires}"
-    )
-    signed_param = "X-Amz-SignedHeaders=" + signed_headers.replace(";", "%3B")
-    if signing.token is None:
-        query = canonical_query = f"{head}&{signed_param}"
-    else:
-        query = f"{head}&{signed_param}&X-Amz-Security-Token={signing.token}"
-        canonical_query = f"{head}&X-Amz-Security-Token={signing.token}&{signed_param}"
-    canonical = (
-        f"{method}\n{endpoint.path}{encoded_key}\n{canonical_query}\n"
-        f"{headers}\n{signed_headers}\n{_UNSIGNED_PAYLOAD}"
-    )
-    return query, canonical
+# --- signing time ------------------------------------------------------------
 
 
 def signing_window(now: float, expires: int, window: int) -> tuple[int, int]:

@@ -30,7 +30,7 @@ from typing import Any
 import psycopg
 import structlog
 
-from trr_assets import db, diff, logs, scan, storage
+from trr_assets import db, diff, logs, scan, storage, storage_heads
 from trr_assets.config import Settings
 from trr_assets.errors import TrrAssetsError, one_line
 from trr_assets.records import ObjectInfo
@@ -160,6 +160,7 @@ class _Context:
     client: S3Client
     scan: Scan
     heads: Executor
+    native: storage_heads.HeadClient | None
     prefix: str
     tallies: dict[str, _BucketTally]
 
@@ -195,8 +196,9 @@ def run(
     pass_ = Scan(settings, name="trr-assets sync", buckets=names, unit_count=len(units),
                  workers=s3.list_concurrency, per_unit=2, eager_per_unit=1, stop=stop, progress=progress)
     tallies = {name: _BucketTally(name) for name in names}
-    with pass_, ThreadPoolExecutor(s3.head_concurrency, thread_name_prefix="trr-head") as heads:
-        ctx = _Context(settings, client, pass_, heads, prefix, tallies)
+    with pass_, ThreadPoolExecutor(s3.head_concurrency, thread_name_prefix="trr-head") as heads, \
+            storage_heads.for_client(client, s3) as native:
+        ctx = _Context(settings, client, pass_, heads, native, prefix, tallies)
         pass_.run(units, functools.partial(_sync_range, ctx), phase="sync", fails_bucket=(Exception,),
                   describe=_describe)
     reports = {name: tally.report(pass_.error(name)) for name, tally in tallies.items()}
@@ -251,7 +253,7 @@ def _merge_and_write(
         if not objects:
             return UpsertCounts()
         return upsert_objects(writer(), ctx.client, bucket, objects, settings=ctx.settings,
-                              head_pool=ctx.heads, absent=absent)
+                              head_pool=ctx.heads, head_client=ctx.native, absent=absent)
 
     def flush() -> None:
         nonlocal new, changed, scanned, same, pending

@@ -17,7 +17,7 @@ import functools
 import re
 import threading
 import uuid
-from collections.abc import Callable, Generator, Iterable, Iterator, Sequence
+from collections.abc import Callable, Generator, Iterable, Iterator, Mapping, Sequence
 from concurrent.futures import Executor, Future, ThreadPoolExecutor
 from contextlib import ExitStack
 from dataclasses import dataclass, field
@@ -28,7 +28,7 @@ import psycopg
 import psycopg.errors
 import structlog
 
-from trr_assets import db, ids, keys, storage
+from trr_assets import db, ids, keys, storage, storage_heads
 from trr_assets.config import Settings
 from trr_assets.errors import DatabaseError
 from trr_assets.records import ObjectInfo
@@ -106,6 +106,7 @@ def upsert_objects(
     *,
     settings: Settings,
     head_pool: Executor | None = None,
+    head_client: storage_heads.HeadClient | None = None,
     absent: bool = False,
 ) -> UpsertCounts:
     """Insert or refresh the rows of ``objects`` (new or changed objects of ``bucket``).
@@ -119,7 +120,8 @@ def upsert_objects(
     savepoint inside a transaction the caller holds. ``head_pool`` runs the
     HEAD requests (default: a pool of ``s3.head_concurrency`` for this call),
     a run of consecutive objects per task, sized for about four runs per
-    ``s3.head_concurrency`` worker (``Heads``).
+    ``s3.head_concurrency`` worker (``Heads``); with ``head_client`` (a
+    ``storage_heads.HeadClient``), that client sends them instead.
 
     ``absent=True`` says the keys had no row and no queued deletion when the
     caller last looked (sync's new objects): each batch is then first COPYed
@@ -133,7 +135,7 @@ def upsert_objects(
     pattern = re.compile(settings.s3.key_pattern)
     own_pool = head_pool is None
     pool = head_pool or ThreadPoolExecutor(settings.s3.head_concurrency, thread_name_prefix="trr-head")
-    heads = Heads(client, bucket, pool, settings.s3.head_concurrency)
+    heads = Heads(client, bucket, pool, settings.s3.head_concurrency, head_client)
     write = functools.partial(_write_new if absent else _write_changed, conn, heads)
     batches = (_parse(chunk, pattern) for chunk in _chunks(objects, settings.sync.batch_size))
     try:
@@ -266,12 +268,14 @@ HEAD_RUN_MAX = 64  # objects HEADed one after another by one pool task, at most
 
 @dataclass(frozen=True)
 class Heads:
-    """HEADs the objects of one bucket on ``pool``, sized for ``workers`` threads."""
+    """HEADs the objects of one bucket on ``pool``, sized for ``workers``
+    threads, or with ``native`` (a ``storage_heads.HeadClient``) when given."""
 
     client: S3Client
     bucket: str
     pool: Executor
     workers: int
+    native: storage_heads.HeadClient | None = None
 
     def __call__(self, todo: list[tuple[ObjectInfo, str]]) -> Iterator[_Row | None]:
         """Each object's HEAD answer as a row (None: gone), in order, as they come.
@@ -279,12 +283,15 @@ class Heads:
         One pool task HEADs a run of consecutive objects, not one each: a
         task's hand-over costs a lock or two, and with every unit of a sync
         submitting to the one shared pool, those locks, not the HEADs, were
-        what the threads spent their time on (measured: see the README's
+        what the threads spent their time on (measured: see docs/benchmarks.md,
         import row). Runs stay short enough that each of the ``workers``
         gets about four of them, so a small batch is still HEADed with all
         the parallelism it can use.
         """
         client, bucket = self.client, self.bucket
+        if self.native is not None:
+            native = self.native.heads(bucket, [obj.key for obj, _ in todo])
+            return (_row(obj, show_id, answer) for (obj, show_id), answer in zip(todo, native))
         size = max(1, min(HEAD_RUN_MAX, len(todo) // (4 * self.workers)))
         if size == 1:
             return self.pool.map(lambda item: _head(client, bucket, item[0], item[1]), todo)
@@ -307,7 +314,11 @@ def _existing_shows(conn: psycopg.Connection[Any], show_ids: list[str]) -> set[s
 
 def _head(client: S3Client, bucket: str, obj: ObjectInfo, show_id: str) -> _Row | None:
     """The object's current metadata, or None when it is gone."""
-    response = storage.head_object(client, bucket, obj.key)
+    return _row(obj, show_id, storage.head_object(client, bucket, obj.key))
+
+
+def _row(obj: ObjectInfo, show_id: str, response: Mapping[str, Any] | None) -> _Row | None:
+    """The row of a HEAD answer (None: the object is gone)."""
     if response is None:
         return None
     owner: uuid.UUID | None = None

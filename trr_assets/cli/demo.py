@@ -34,7 +34,6 @@ from contextlib import AbstractContextManager, ExitStack, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from types import FrameType
-from typing import Any
 
 from trr_assets.errors import TrrAssetsError
 from trr_assets.storage import S3Client

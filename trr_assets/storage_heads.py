@@ -1,0 +1,500 @@
+"""HEAD requests to S3 at S3's pace: many in flight, little CPU each.
+
+Part of ``storage`` (every S3 call lives there): sync HEADs every new or
+changed object, and through botocore a HEAD costs the client about a
+millisecond of CPU (request building, endpoint rules, signing, response
+parsing), so one process tops out near a thousand HEADs a second whatever
+S3 does. ``HeadClient`` makes the same request for a small fraction of
+that: signed by ``sigv4.HeaderSigner`` (byte-identical to botocore's
+``Authorization``, credentials and endpoint still from the botocore client),
+sent over kept-alive HTTP/1.1 connections by one asyncio event loop in a
+thread of its own, as many at once as ``s3.head_concurrency`` allows.
+
+Answers are shaped like botocore's ``head_object`` (the keys sync reads:
+``ContentLength``, ``ETag``, ``ContentType``, ``LastModified``,
+``Metadata``); a missing object is None; any other failure is the
+``StorageError`` ``storage.head_object`` raises for it. 500, 502, 503
+(SlowDown), 504 and broken connections are retried up to
+``s3.max_attempts`` tries in all, after a full-jitter exponential backoff
+(as botocore's standard retry mode). A kept-alive connection that the server
+closed while idle is replaced without counting a try.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import email.utils
+import http
+import random
+import ssl
+import threading
+import time
+import urllib.request
+from collections import deque
+from collections.abc import Iterator, Sequence
+from concurrent.futures import Future, InvalidStateError
+from contextlib import contextmanager
+from datetime import datetime, timezone
+from typing import Any
+from urllib.parse import urlsplit
+
+import structlog
+
+from trr_assets.config import S3Settings
+from trr_assets.errors import StorageError
+from trr_assets.sigv4 import HeaderSigner
+
+log = structlog.get_logger()
+
+RETRY_STATUSES = frozenset({500, 502, 503, 504})
+RUN = 64  # keys per task handed to the loop: one hand-over per run, not per key
+_USER_AGENT = "trr-assets"
+_MAX_HEAD_BYTES = 65536  # a response head larger than this is not S3's
+
+
+class _Retry(Exception):
+    """A try failed in a way worth another (an answer that is not HTTP)."""
+
+
+def native_possible(client: Any) -> str | None:
+    """Why ``client``'s HEADs must stay with botocore, or None when they may
+    bypass it: a client that is not botocore's (a stand-in), a proxy in the
+    environment (botocore honours HTTP(S)_PROXY; this client does not), or
+    something that intercepts the client's requests (a ``before-send``
+    handler: a stub, a mock, an injected fault) that the HEADs would miss.
+    """
+    if getattr(client, "_request_signer", None) is None:
+        return "not a botocore client"
+    proxies = urllib.request.getproxies()
+    if proxies.get("http") or proxies.get("https"):
+        return "a proxy is configured"
+    try:
+        handlers = client.meta.events._emitter._handlers.prefix_search("before-send.s3.HeadObject")
+    except AttributeError:
+        return "cannot tell whether the client's requests are intercepted"
+    # A handler that says it is switched off (moto's, once its mock ends) intercepts nothing.
+    if any(getattr(handler, "enabled", True) for handler in handlers):
+        return "the client's requests are intercepted (before-send)"
+    return None
+
+
+@contextmanager
+def for_client(client: Any, settings: S3Settings) -> Iterator[HeadClient | None]:
+    """A ``HeadClient`` for ``client`` while the block runs, or None when
+    ``s3.head_client`` is "botocore" or ``native_possible`` says no."""
+    if settings.head_client != "native":
+        yield None
+        return
+    reason = native_possible(client)
+    if reason is not None:
+        log.debug("s3_heads_by_botocore", reason=reason)
+        yield None
+        return
+    with HeadClient(client, settings) as heads:
+        yield heads
+
+
+def _parse_head(head: bytes) -> tuple[int, dict[str, str]]:
+    """(status, headers by lower-case name) of an HTTP/1.1 response head."""
+    lines = head.decode("latin-1").split("\r\n")
+    parts = lines[0].split(" ", 2)
+    if len(parts) < 2 or not parts[0].startswith("HTTP/1.") or not parts[1].isdigit():
+        raise _Retry(f"not an HTTP response: {lines[0][:80]!r}")
+    headers: dict[str, str] = {}
+    for line in lines[1:]:
+        name, sep, value = line.partition(":")
+        if sep:
+            headers[name.lower()] = value.strip()
+    return int(parts[1]), headers
+
+
+_MONTHS = {name: number for number, name in enumerate(
+    ("Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec"), start=1)}
+
+
+def _http_date(value: str | None) -> datetime | None:
+    """An HTTP date: IMF-fixdate ("Mon, 01 Jan 2024 00:00:00 GMT", what S3
+    sends) by slicing, anything else by the email module; None if unreadable."""
+    if not value:
+        return None
+    if len(value) == 29 and value[3:5] == ", " and value.endswith(" GMT") and value[8:11] in _MONTHS:
+        try:
+            return datetime(int(value[12:16]), _MONTHS[value[8:11]], int(value[5:7]), int(value[17:19]),
+                            int(value[20:22]), int(value[23:25]), tzinfo=timezone.utc)
+        except ValueError:
+            pass
+    try:
+        return email.utils.parsedate_to_datetime(value)
+    except (TypeError, ValueError):
+        return None
+
+
+def answer_of(headers: dict[str, str]) -> dict[str, Any]:
+    """A 200 answer's headers as botocore's ``head_object`` gives them (the keys sync reads)."""
+    metadata = {name[11:]: value for name, value in headers.items() if name.startswith("x-amz-meta-")}
+    answer: dict[str, Any] = {"Metadata": metadata}
+    if "content-length" in headers:
+        answer["ContentLength"] = int(headers["content-length"])
+    if "etag" in headers:
+        answer["ETag"] = headers["etag"]
+    if "content-type" in headers:
+        answer["ContentType"] = headers["content-type"]
+    modified = _http_date(headers.get("last-modified"))
+    if modified is not None:
+        answer["LastModified"] = modified
+    return answer
+
+
+class _Run:
+    """The answers to a run of keys, and the future that hands them over."""
+
+    __slots__ = ("results", "left", "future")
+
+    def __init__(self, size: int) -> None:
+        self.results: list[dict[str, Any] | None] = [None] * size
+        self.left = size
+        self.future: Future[list[dict[str, Any] | None]] = Future()
+
+    def done(self) -> bool:
+        return self.future.done()
+
+    def answer(self, index: int, answer: dict[str, Any] | None) -> None:
+        self.results[index] = answer
+        self.left -= 1
+        if self.left == 0:
+            self._settle(lambda: self.future.set_result(self.results))
+
+    def fail(self, exc: BaseException) -> None:
+        self._settle(lambda: self.future.set_exception(exc))
+
+    def _settle(self, settle: Any) -> None:
+        if not self.future.done():
+            try:
+                settle()
+            except InvalidStateError:  # cancelled by the caller meanwhile
+                pass
+
+
+class _Request:
+    __slots__ = ("bucket", "key", "run", "index", "tries", "resent")
+
+    def __init__(self, bucket: str, key: str, run: _Run, index: int) -> None:
+        self.bucket = bucket
+        self.key = key
+        self.run = run
+        self.index = index
+        self.tries = 0  # tries that failed
+        self.resent = False  # sent again once, free, after a kept-alive connection turned out closed
+
+
+class _Connection(asyncio.Protocol):
+    """One kept-alive connection: one request at a time, its answer's head read."""
+
+    def __init__(self, origin: _Origin) -> None:
+        self.origin = origin
+        self.transport: asyncio.Transport | None = None
+        self.request: _Request | None = None
+        self.buffer = b""
+        self.used = False  # has answered: a close before any byte of the next answer is a stale keep-alive
+        self.deadline = 0.0
+        self.timed_out = False
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.Transport)
+        self.transport = transport
+
+    def data_received(self, data: bytes) -> None:
+        self.buffer += data
+        end = self.buffer.find(b"\r\n\r\n")
+        if end < 0:
+            if len(self.buffer) > _MAX_HEAD_BYTES:
+                self.close()
+            return
+        head, rest = self.buffer[:end], self.buffer[end + 4:]
+        self.buffer = b""
+        request, self.request = self.request, None
+        if request is None or rest:  # an answer nobody asked for, or a body after a HEAD's answer
+            self.close()
+            if request is not None:
+                self.origin.client._retry(request, "an answer the client cannot read")
+            return
+        self.used = True
+        self.origin.client._answered(self, request, head)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.transport = None
+        self.origin.client._lost(self, exc)
+
+    def close(self) -> None:
+        if self.transport is not None:
+            self.transport.close()
+
+
+class _Origin:
+    """One scheme://host:port: its waiting requests and its connections."""
+
+    def __init__(self, client: HeadClient, origin: str, host_header: str) -> None:
+        parts = urlsplit(origin)
+        self.client = client
+        self.host_header = host_header  # the host the requests are signed for
+        self.secure = parts.scheme == "https"
+        self.host = parts.hostname or ""
+        self.port = parts.port or (443 if self.secure else 80)
+        self.netloc = parts.netloc
+        self.waiting: deque[_Request] = deque()
+        self.idle: list[_Connection] = []
+        self.connections: set[_Connection] = set()
+        self.opening = 0
+
+
+class HeadClient:
+    """HEADs of S3 objects, many at once, from one event loop in its own thread.
+
+    ``client`` is the botocore client of ``storage.make_client``: its
+    credentials sign and its endpoint resolution says where each bucket
+    lives. Up to ``s3.head_concurrency`` requests are in flight per S3
+    endpoint host, each on a kept-alive connection of its own (HTTP/1.1, no
+    pipelining). Callbacks (``asyncio.Protocol``), not a task per request:
+    a HEAD costs the loop a send, a receive and a parse. Thread-safe;
+    ``close`` ends the loop and its connections.
+    """
+
+    def __init__(
+        self,
+        client: Any,
+        settings: S3Settings,
+        *,
+        backoff_base_seconds: float = 1.0,
+        backoff_max_seconds: float = 20.0,
+    ) -> None:
+        self._signer = HeaderSigner(client)
+        self._concurrency = settings.head_concurrency
+        self._attempts = settings.max_attempts
+        self._connect_timeout = settings.connect_timeout_seconds
+        self._read_timeout = settings.read_timeout_seconds
+        self._backoff_base = backoff_base_seconds
+        self._backoff_max = backoff_max_seconds
+        self._ssl = _ssl_context(client)
+        self._origins: dict[str, _Origin] = {}
+        self._origin_of_bucket: dict[str, _Origin] = {}
+        self._sweeping = False
+        self._loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self._loop.run_forever, name="trr-heads", daemon=True)
+        self._thread.start()
+        self._closed = False
+
+    # -- the caller's side
+
+    def heads(self, bucket: str, keys: Sequence[str]) -> Iterator[dict[str, Any] | None]:
+        """Each key's answer (None: no such object), in order, as they come.
+
+        Every key is handed to the loop at once (runs of ``RUN`` keys, one
+        future each); the first failure is raised where its answer would
+        have been, and what has not been sent yet is dropped if the caller
+        stops early.
+        """
+        if self._closed:
+            raise StorageError("s3: head object: the HEAD client is closed")
+        runs = [(_Run(len(keys[start:start + RUN])), keys[start:start + RUN]) for start in range(0, len(keys), RUN)]
+        self._loop.call_soon_threadsafe(self._submit, bucket, runs)
+        try:
+            for run, _ in runs:
+                yield from run.future.result()
+        finally:
+            for run, _ in runs:
+                run.future.cancel()
+
+    def head(self, bucket: str, key: str) -> dict[str, Any] | None:
+        """One object's answer (None: no such object)."""
+        return next(self.heads(bucket, [key]))
+
+    def close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        self._loop.call_soon_threadsafe(self._close_all)
+        self._thread.join(timeout=10)
+        self._loop.close()
+
+    def __enter__(self) -> HeadClient:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    # -- the loop's side
+
+    def _close_all(self) -> None:
+        for origin in self._origins.values():
+            for conn in list(origin.connections):
+                conn.close()
+            for request in origin.waiting:
+                request.run.fail(StorageError("s3: head object: the HEAD client was closed"))
+            origin.waiting.clear()
+        self._loop.call_soon(self._loop.stop)  # after the closes' callbacks
+
+    def _submit(self, bucket: str, runs: list[tuple[_Run, Sequence[str]]]) -> None:
+        try:
+            origin = self._origin(bucket)
+        except StorageError as exc:
+            for run, _ in runs:
+                run.fail(exc)
+            return
+        for run, keys in runs:
+            origin.waiting.extend(_Request(bucket, key, run, index) for index, key in enumerate(keys))
+        self._pump(origin)
+
+    def _origin(self, bucket: str) -> _Origin:
+        origin = self._origin_of_bucket.get(bucket)
+        if origin is None:
+            endpoint = self._signer.endpoint(bucket)
+            scheme, _, netloc, _ = endpoint.base.split("/", 3)
+            name = f"{scheme}//{netloc}"
+            origin = self._origins.get(name) or self._origins.setdefault(name, _Origin(self, name, endpoint.host))
+            self._origin_of_bucket[bucket] = origin
+        return origin
+
+    def _pump(self, origin: _Origin) -> None:
+        """Send waiting requests on idle connections; open more while allowed."""
+        waiting, idle = origin.waiting, origin.idle
+        while waiting and idle:
+            request = waiting.popleft()
+            if not request.run.done():
+                self._send(idle.pop(), request)
+        room = self._concurrency - len(origin.connections) - origin.opening
+        for _ in range(min(room, len(waiting) - origin.opening)):
+            origin.opening += 1
+            self._loop.create_task(self._open(origin))
+
+    async def _open(self, origin: _Origin) -> None:
+        try:
+            _, conn = await asyncio.wait_for(
+                self._loop.create_connection(lambda: _Connection(origin), origin.host, origin.port,
+                                             ssl=self._ssl if origin.secure else None,
+                                             server_hostname=origin.host if origin.secure else None),
+                self._connect_timeout,
+            )
+        except (OSError, asyncio.TimeoutError, ssl.SSLError) as exc:
+            origin.opening -= 1
+            reason = f"cannot connect to {origin.netloc}: {type(exc).__name__}: {exc}".rstrip(": ")
+            if origin.waiting:  # the connection was for the next request: that try failed
+                self._retry(origin.waiting.popleft(), reason)
+            self._pump(origin)
+            return
+        except BaseException:
+            origin.opening -= 1
+            raise
+        origin.opening -= 1
+        origin.connections.add(conn)
+        origin.idle.append(conn)
+        self._pump(origin)
+
+    def _send(self, conn: _Connection, request: _Request) -> None:
+        signed = self._signer.sign("HEAD", request.bucket, request.key, signed_at=int(time.time()))
+        path = signed.url.split("/", 3)[3]
+        lines = [f"HEAD /{path} HTTP/1.1", f"Host: {conn.origin.host_header}", f"User-Agent: {_USER_AGENT}"]
+        lines += [f"{name}: {value}" for name, value in signed.headers.items()]
+        conn.request = request
+        conn.deadline = time.monotonic() + self._read_timeout
+        assert conn.transport is not None
+        conn.transport.write(("\r\n".join(lines) + "\r\n\r\n").encode("utf-8"))
+        if not self._sweeping:
+            self._sweeping = True
+            self._loop.call_later(min(1.0, self._read_timeout / 4), self._sweep)
+
+    def _sweep(self) -> None:
+        """Close the connections whose answer is overdue (their requests are retried)."""
+        now, busy = time.monotonic(), False
+        for origin in self._origins.values():
+            for conn in origin.connections:
+                if conn.request is not None:
+                    busy = True
+                    if conn.deadline < now:
+                        conn.timed_out = True
+                        conn.close()
+        self._sweeping = busy
+        if busy:
+            self._loop.call_later(min(1.0, self._read_timeout / 4), self._sweep)
+
+    def _answered(self, conn: _Connection, request: _Request, head: bytes) -> None:
+        origin = conn.origin
+        try:
+            status, headers = _parse_head(head)
+        except _Retry as exc:
+            conn.close()
+            self._retry(request, str(exc))
+            return
+        if headers.get("connection", "").lower() == "close":
+            conn.close()
+        else:
+            origin.idle.append(conn)
+        if status == 200:
+            request.run.answer(request.index, answer_of(headers))
+        elif status == 404:
+            request.run.answer(request.index, None)
+        elif status in RETRY_STATUSES:
+            self._retry(request, f"{status}: {_phrase(status)}")
+        else:
+            request.run.fail(StorageError(f"s3: head object (bucket {request.bucket}): {status}: {_phrase(status)}"))
+        self._pump(origin)
+
+    def _lost(self, conn: _Connection, exc: Exception | None) -> None:
+        origin = conn.origin
+        origin.connections.discard(conn)
+        if conn in origin.idle:
+            origin.idle.remove(conn)
+        request, conn.request = conn.request, None
+        if request is not None:
+            if conn.timed_out:
+                self._retry(request, f"no answer within {self._read_timeout:g} s")
+            elif conn.used and not conn.buffer and not request.resent:
+                # A kept-alive connection the server closed as the request
+                # went out (S3 closes idle ones): once, not counted as a try.
+                request.resent = True
+                origin.waiting.appendleft(request)
+            else:
+                reason = f"{type(exc).__name__}: {exc}".rstrip(": ") if exc else "closed by the server"
+                self._retry(request, f"connection lost ({reason})")
+        self._pump(origin)
+
+    def _retry(self, request: _Request, reason: str) -> None:
+        request.tries += 1
+        if request.tries >= self._attempts:
+            request.run.fail(StorageError(
+                f"s3: head object (bucket {request.bucket}): {reason} (after {request.tries} tries)"))
+            return
+        delay = random.uniform(0, min(self._backoff_max, self._backoff_base * 2 ** (request.tries - 1)))
+        log.debug("s3_head_retry", bucket=request.bucket, tries=request.tries, reason=reason, delay_seconds=delay)
+        origin = self._origin_of_bucket[request.bucket]
+
+        def again() -> None:
+            origin.waiting.appendleft(request)
+            self._pump(origin)
+
+        self._loop.call_later(delay, again)
+
+
+def _phrase(status: int) -> str:
+    """The reason botocore gives for an error answer without a body (a HEAD's)."""
+    try:
+        return http.HTTPStatus(status).phrase
+    except ValueError:
+        return "Unknown"
+
+
+def _ssl_context(client: Any) -> ssl.SSLContext:
+    """Verify certificates as the botocore client does (its CA bundle, or not at all)."""
+    verify: Any = True
+    session = getattr(getattr(client, "_endpoint", None), "http_session", None)
+    if session is not None:
+        verify = getattr(session, "_verify", True)
+    if verify is False:
+        context = ssl.create_default_context()
+        context.check_hostname = False
+        context.verify_mode = ssl.CERT_NONE
+        return context
+    if verify is True:
+        from botocore.httpsession import get_cert_path
+
+        verify = get_cert_path(True)
+    return ssl.create_default_context(cafile=verify)
