@@ -12,6 +12,8 @@ BENCHMARKS: tuple[Benchmark, ...] = (
     importing.RESYNC,
     end_to_end.E2E_IMPORT,
     end_to_end.E2E_IMPORT_BIG,
+    end_to_end.E2E_IMPORT_LISTING,
+    end_to_end.E2E_IMPORT_LISTING_BIG,
     end_to_end.E2E_RESYNC,
     merging.BENCHMARK,
     reconciling.BENCHMARK,

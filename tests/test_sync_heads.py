@@ -13,7 +13,7 @@ from typing import Any
 
 import psycopg
 
-from trr_assets import writer
+from trr_assets import heads
 from trr_assets.writer import upsert_objects
 from trr_assets.storage import ObjectInfo
 from tests.conftest import TEST_BUCKET, make_show
@@ -58,7 +58,7 @@ def _todo(s3: Any, count: int) -> list[tuple[ObjectInfo, str]]:
 
 def _heads(client: Any, todo: list[tuple[ObjectInfo, str]], pool_workers: int, workers: int) -> tuple[list[Any], int]:
     with _CountingPool(pool_workers) as pool:
-        answers = list(writer.Heads(client, TEST_BUCKET, pool, workers)(todo))
+        answers = list(heads.Heads(client, TEST_BUCKET, pool, workers)(todo))
     return answers, pool.tasks
 
 
@@ -87,7 +87,7 @@ def test_a_large_batch_makes_few_pool_tasks_and_a_small_one_a_task_per_object(s3
     small, small_tasks = _heads(s3, todo[:3], 2, 1)
 
     assert (len(big), len(mid), len(small)) == (300, 200, 3)  # an answer (None: no such object) each
-    assert (big_tasks, mid_tasks, small_tasks) == (-(-300 // writer.HEAD_RUN_MAX), 8, 3)
+    assert (big_tasks, mid_tasks, small_tasks) == (-(-300 // heads.HEAD_RUN_MAX), 8, 3)
 
 
 def test_an_object_gone_inside_a_run_is_counted_vanished_and_the_run_goes_on(conn, db_url, s3):

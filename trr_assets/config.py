@@ -128,6 +128,10 @@ class S3Settings:
 class SyncSettings:
     interval_seconds: int = _setting(300, _at_least(1))
     batch_size: int = _setting(5000, _between(1, 100000))
+    # Where a new or changed object's row gets its content type and owner id:
+    # "head" (a HEAD request each) or "listing" (the key's extension; no
+    # owner; a later "head" pass completes them). See trr_assets/metadata.py.
+    metadata: str = _setting("head", _one_of("head", "listing"))
 
 
 @dataclass(frozen=True, kw_only=True)

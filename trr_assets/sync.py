@@ -25,15 +25,16 @@ from collections.abc import Callable, Sequence
 from concurrent.futures import Executor, ThreadPoolExecutor
 from contextlib import ExitStack
 from dataclasses import dataclass, field
+from datetime import datetime, timezone
 from typing import Any
 
 import psycopg
 import structlog
 
-from trr_assets import db, diff, logs, scan, storage, storage_heads
+from trr_assets import db, diff, logs, metadata, scan, storage, storage_heads
 from trr_assets.config import Settings
 from trr_assets.errors import TrrAssetsError, one_line
-from trr_assets.records import ObjectInfo
+from trr_assets.records import ObjectInfo, object_info
 from trr_assets.scan import Progress, Scan, Unit
 from trr_assets.storage import S3Client
 from trr_assets.writer import UpsertCounts, upsert_objects
@@ -58,6 +59,7 @@ class BucketReport:
     vanished: int
     skipped_by_reason: dict[str, int]
     error: str | None = None
+    filled: int = 0  # rows written from the listing alone that this pass HEADed (sync.metadata)
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -70,6 +72,7 @@ class BucketReport:
             "vanished": self.vanished,
             "skipped_by_reason": dict(self.skipped_by_reason),
             "error": self.error,
+            "filled": self.filled,
         }
 
 
@@ -94,6 +97,7 @@ class SyncReport:
     vanished: int = 0
     buckets: dict[str, BucketReport] = field(default_factory=dict)
     stopped: bool = False  # a stop was requested; the pass ended early
+    filled: int = 0  # rows written from the listing alone that this pass HEADed (sync.metadata)
 
     @property
     def failures(self) -> tuple[str, ...]:
@@ -113,6 +117,7 @@ class SyncReport:
             "skipped_by_reason": dict(self.skipped_by_reason),
             "failed": list(self.failed),
             "stopped": self.stopped,
+            "filled": self.filled,
             "buckets": {name: report.as_dict() for name, report in self.buckets.items()},
         }
 
@@ -130,6 +135,7 @@ class _BucketTally:
         self.same = 0
         self.pending = 0
         self.upserts = UpsertCounts()
+        self.filled = 0  # rows written from the listing alone, HEADed by this pass
 
     def add(self, scanned: int, same: int, pending: int, upserts: UpsertCounts) -> None:
         with self.lock:
@@ -151,6 +157,7 @@ class _BucketTally:
             vanished=u.vanished,
             skipped_by_reason=dict(u.skipped_by_reason),
             error=error,
+            filled=self.filled,
         )
 
 
@@ -201,6 +208,9 @@ def run(
         ctx = _Context(settings, client, pass_, heads, native, prefix, tallies)
         pass_.run(units, functools.partial(_sync_range, ctx), phase="sync", fails_bucket=(Exception,),
                   describe=_describe)
+        if settings.sync.metadata == metadata.HEAD:
+            for tally in tallies.values():
+                _complete_listing_rows(ctx, tally)
     reports = {name: tally.report(pass_.error(name)) for name, tally in tallies.items()}
     for name, tally in tallies.items():
         _log_bucket(reports[name], tally.upserts)
@@ -249,11 +259,21 @@ def _merge_and_write(
     changed: list[ObjectInfo] = []
     scanned = same = pending = 0
 
+    from_listing = ctx.settings.sync.metadata == metadata.LISTING
+
     def write(objects: list[ObjectInfo], absent: bool) -> UpsertCounts:
         if not objects:
             return UpsertCounts()
-        return upsert_objects(writer(), ctx.client, bucket, objects, settings=ctx.settings,
-                              head_pool=ctx.heads, head_client=ctx.native, absent=absent)
+        if not from_listing:
+            return upsert_objects(writer(), ctx.client, bucket, objects, settings=ctx.settings,
+                                  head_pool=ctx.heads, head_client=ctx.native, absent=absent)
+        conn = writer()
+        # The rows and their place on the list of rows to HEAD later, in one transaction.
+        with db.wrap_errors(f"sync bucket {bucket}"), conn.transaction():
+            counts = upsert_objects(conn, ctx.client, bucket, objects, settings=ctx.settings,
+                                    head_pool=ctx.heads, absent=absent, from_listing=True)
+            metadata.mark_pending(conn, bucket, [obj.key for obj in objects])
+        return counts
 
     def flush() -> None:
         nonlocal new, changed, scanned, same, pending
@@ -285,6 +305,42 @@ def _merge_and_write(
             if ctx.scan.failed(bucket) or ctx.scan.stopping():
                 return
     flush()
+
+
+_UNKNOWN_TIME = datetime(1970, 1, 1, tzinfo=timezone.utc)  # a pending row's ObjectInfo: the write never reads it
+
+
+def _complete_listing_rows(ctx: _Context, tally: _BucketTally) -> None:
+    """HEAD the rows of a bucket that were written from the listing alone
+    (``trr_assets.heads_pending``, under the pass's prefix) and complete
+    them: a row whose content type or owner id differs from the HEAD's is
+    rewritten, the others are left as they are; each leaves the list in the
+    transaction that wrote it. Rows not on the list are never HEADed."""
+    bucket, after = tally.bucket, ""
+    if ctx.scan.failed(bucket) or ctx.scan.stopping():
+        return
+    try:
+        with ExitStack() as stack:
+            conn = ctx.scan.connect(stack, bucket)
+            conn.autocommit = True
+            metadata.drop_orphans(conn, bucket)
+            while not ctx.scan.stopping():
+                found = metadata.pending(conn, bucket, prefix=ctx.prefix, after=after,
+                                         limit=ctx.settings.sync.batch_size)
+                if not found:
+                    return
+                objects = [object_info((key, size, etag, _UNKNOWN_TIME)) for key, size, etag in found]
+                with db.wrap_errors(f"sync bucket {bucket}"), conn.transaction():
+                    counts = upsert_objects(conn, ctx.client, bucket, objects, settings=ctx.settings,
+                                            head_pool=ctx.heads, head_client=ctx.native)
+                    metadata.done(conn, bucket, [key for key, _, _ in found])
+                tally.add(0, 0, 0, UpsertCounts(invalid_owner_ids=counts.invalid_owner_ids))
+                with tally.lock:
+                    tally.filled += len(found)
+                ctx.scan.progress.advance(written=counts.updated)
+                after = found[-1][0]
+    except Exception as exc:  # as a unit's failure: the bucket is reported failed
+        ctx.scan.fail(bucket, _describe(bucket, exc))
 
 
 def _log_bucket(report: BucketReport, upserts: UpsertCounts) -> None:
@@ -325,4 +381,5 @@ def _total(reports: dict[str, BucketReport], duration: float, stopped: bool) -> 
         vanished=sum(r.vanished for r in values),
         buckets=reports,
         stopped=stopped,
+        filled=sum(r.filled for r in values),
     )

@@ -16,8 +16,7 @@ import contextvars
 import functools
 import re
 import threading
-import uuid
-from collections.abc import Callable, Generator, Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Generator, Iterable, Iterator, Sequence
 from concurrent.futures import Executor, Future, ThreadPoolExecutor
 from contextlib import ExitStack
 from dataclasses import dataclass, field
@@ -28,9 +27,10 @@ import psycopg
 import psycopg.errors
 import structlog
 
-from trr_assets import db, ids, keys, storage, storage_heads
+from trr_assets import db, ids, keys, storage_heads
 from trr_assets.config import Settings
 from trr_assets.errors import DatabaseError
+from trr_assets.heads import Heads, Row
 from trr_assets.records import ObjectInfo
 from trr_assets.storage import S3Client
 
@@ -108,6 +108,7 @@ def upsert_objects(
     head_pool: Executor | None = None,
     head_client: storage_heads.HeadClient | None = None,
     absent: bool = False,
+    from_listing: bool = False,
 ) -> UpsertCounts:
     """Insert or refresh the rows of ``objects`` (new or changed objects of ``bucket``).
 
@@ -121,7 +122,9 @@ def upsert_objects(
     HEAD requests (default: a pool of ``s3.head_concurrency`` for this call),
     a run of consecutive objects per task, sized for about four runs per
     ``s3.head_concurrency`` worker (``Heads``); with ``head_client`` (a
-    ``storage_heads.HeadClient``), that client sends them instead.
+    ``storage_heads.HeadClient``), that client sends them instead. With
+    ``from_listing``, nothing is HEADed: each row is made from the listing
+    alone (``metadata``: the content type guessed from the key, no owner id).
 
     ``absent=True`` says the keys had no row and no queued deletion when the
     caller last looked (sync's new objects): each batch is then first COPYed
@@ -135,7 +138,7 @@ def upsert_objects(
     pattern = re.compile(settings.s3.key_pattern)
     own_pool = head_pool is None
     pool = head_pool or ThreadPoolExecutor(settings.s3.head_concurrency, thread_name_prefix="trr-head")
-    heads = Heads(client, bucket, pool, settings.s3.head_concurrency, head_client)
+    heads = Heads(client, bucket, pool, settings.s3.head_concurrency, head_client, from_listing)
     write = functools.partial(_write_new if absent else _write_changed, conn, heads)
     batches = (_parse(chunk, pattern) for chunk in _chunks(objects, settings.sync.batch_size))
     try:
@@ -213,16 +216,6 @@ def _chunks(objects: Iterable[ObjectInfo], size: int) -> Iterator[list[ObjectInf
         yield chunk
 
 
-class _Row(NamedTuple):  # immutable; a NamedTuple is built 4x faster (see records)
-    key: str
-    show_id: str  # canonical text (keys.parse_show_id)
-    size: int
-    etag: str
-    content_type: str | None
-    owner_id: uuid.UUID | None
-    invalid_owner: bool = False  # `owner-id` metadata was there but not a UUID
-
-
 class _Parsed(NamedTuple):
     """A batch read from the listing: the objects whose key names a show."""
 
@@ -263,44 +256,7 @@ def _known_shows(items: list[tuple[ObjectInfo, str]], existing: set[str]) -> tup
     return todo, _skips(keys.SkipReason.UNKNOWN_SHOW, unknown)
 
 
-HEAD_RUN_MAX = 64  # objects HEADed one after another by one pool task, at most
-
-
-@dataclass(frozen=True)
-class Heads:
-    """HEADs the objects of one bucket on ``pool``, sized for ``workers``
-    threads, or with ``native`` (a ``storage_heads.HeadClient``) when given."""
-
-    client: S3Client
-    bucket: str
-    pool: Executor
-    workers: int
-    native: storage_heads.HeadClient | None = None
-
-    def __call__(self, todo: list[tuple[ObjectInfo, str]]) -> Iterator[_Row | None]:
-        """Each object's HEAD answer as a row (None: gone), in order, as they come.
-
-        One pool task HEADs a run of consecutive objects, not one each: a
-        task's hand-over costs a lock or two, and with every unit of a sync
-        submitting to the one shared pool, those locks, not the HEADs, were
-        what the threads spent their time on (measured: see docs/benchmarks.md,
-        import row). Runs stay short enough that each of the ``workers``
-        gets about four of them, so a small batch is still HEADed with all
-        the parallelism it can use.
-        """
-        client, bucket = self.client, self.bucket
-        if self.native is not None:
-            native = self.native.heads(bucket, [obj.key for obj, _ in todo])
-            return (_row(obj, show_id, answer) for (obj, show_id), answer in zip(todo, native))
-        size = max(1, min(HEAD_RUN_MAX, len(todo) // (4 * self.workers)))
-        if size == 1:
-            return self.pool.map(lambda item: _head(client, bucket, item[0], item[1]), todo)
-        runs = [todo[start : start + size] for start in range(0, len(todo), size)]
-        answers = self.pool.map(lambda run: [_head(client, bucket, obj, show_id) for obj, show_id in run], runs)
-        return (row for run in answers for row in run)
-
-
-def _headed(rows: list[_Row], asked: int) -> UpsertCounts:
+def _headed(rows: list[Row], asked: int) -> UpsertCounts:
     """The counts of the HEAD answers: objects gone since the listing, bad owner ids."""
     invalid_owner = sum(1 for row in rows if row.invalid_owner)
     return UpsertCounts(vanished=asked - len(rows), invalid_owner_ids=invalid_owner)
@@ -312,36 +268,7 @@ def _existing_shows(conn: psycopg.Connection[Any], show_ids: list[str]) -> set[s
     return {row[0] for row in found}
 
 
-def _head(client: S3Client, bucket: str, obj: ObjectInfo, show_id: str) -> _Row | None:
-    """The object's current metadata, or None when it is gone."""
-    return _row(obj, show_id, storage.head_object(client, bucket, obj.key))
-
-
-def _row(obj: ObjectInfo, show_id: str, response: Mapping[str, Any] | None) -> _Row | None:
-    """The row of a HEAD answer (None: the object is gone)."""
-    if response is None:
-        return None
-    owner: uuid.UUID | None = None
-    invalid_owner = False
-    metadata = response.get("Metadata")
-    raw_owner = metadata.get("owner-id") if metadata else None
-    if raw_owner:
-        try:
-            owner = uuid.UUID(raw_owner.strip())
-        except ValueError:
-            invalid_owner = True
-    return _Row(
-        obj.key,
-        show_id,
-        int(response.get("ContentLength", obj.size)),
-        storage.strip_etag(response.get("ETag")) or obj.etag,
-        response.get("ContentType"),
-        owner,
-        invalid_owner,
-    )
-
-
-def _write(conn: psycopg.Connection[Any], bucket: str, rows: list[_Row], new_ids: list[str]) -> UpsertCounts:
+def _write(conn: psycopg.Connection[Any], bucket: str, rows: list[Row], new_ids: list[str]) -> UpsertCounts:
     """Upsert one batch (rows in key order, ``new_ids`` for those that turn
     out new); retried whole when a concurrent change refused it.
 
@@ -372,7 +299,7 @@ def _write(conn: psycopg.Connection[Any], bucket: str, rows: list[_Row], new_ids
 
 
 def _write_once(
-    conn: psycopg.Connection[Any], bucket: str, rows: list[_Row], new_ids: list[str]
+    conn: psycopg.Connection[Any], bucket: str, rows: list[Row], new_ids: list[str]
 ) -> tuple[int, int, int, int]:
     """COPY the batch into the staging table and upsert it, in one transaction."""
     nested = conn.info.transaction_status != psycopg.pq.TransactionStatus.IDLE  # inside the caller's transaction
@@ -403,8 +330,8 @@ def _write_new(conn: psycopg.Connection[Any], heads: Heads, batch: _Parsed) -> W
     bucket = heads.bucket
     todo: list[tuple[ObjectInfo, str]] = []
     unknown = UpsertCounts()
-    answers: Iterator[_Row | None] = iter(())
-    rows: list[_Row] = []
+    answers: Iterator[Row | None] = iter(())
+    rows: list[Row] = []
     nested = conn.info.transaction_status != psycopg.pq.TransactionStatus.IDLE  # inside the caller's transaction
     try:
         with db.wrap_errors(f"copy a batch of bucket {bucket}"), conn.transaction():
@@ -427,7 +354,7 @@ def _write_new(conn: psycopg.Connection[Any], heads: Heads, batch: _Parsed) -> W
 
 
 def _upserted(
-    conn: psycopg.Connection[Any], bucket: str, batch: _Parsed, rows: list[_Row], asked: int, unknown: UpsertCounts
+    conn: psycopg.Connection[Any], bucket: str, batch: _Parsed, rows: list[Row], asked: int, unknown: UpsertCounts
 ) -> UpsertCounts:
     """Upsert a batch's rows (in key order, as ``_parse`` left them); the
     counts of it all: its unknown shows, its HEAD answers and its writes."""
@@ -438,8 +365,8 @@ def _upserted(
 def _copy_new(
     conn: psycopg.Connection[Any],
     bucket: str,
-    answers: Iterator[_Row | None],
-    rows: list[_Row],
+    answers: Iterator[Row | None],
+    rows: list[Row],
     new_ids: list[str],
 ) -> Generator[None, None, None]:
     """COPY new keys (in key order) straight into core.show_assets, appending

@@ -91,3 +91,36 @@ select
   (select count(*) from written where not inserted) as updated,
   (select count(*) from batch where not show_exists) as unknown_show,
   (select count(*) from batch where show_exists and queued) as queued
+
+-- name: sync_mark_heads_pending
+-- The keys of a batch written from the listing alone (sync.metadata =
+-- "listing"), put on trr_assets.heads_pending for a later pass with HEADs,
+-- in the transaction that wrote them. Keys that got no row (skipped, their
+-- deletion queued) cost that pass one anti-join, not a HEAD.
+insert into trr_assets.heads_pending (bucket, object_key)
+select %(bucket)s, k from unnest(%(keys)s::text[]) as k
+on conflict do nothing
+
+-- name: sync_heads_pending
+-- The next rows written from the listing alone, in key order, after the
+-- given key and under the pass's prefix (from start, the prefix, to stop, the
+-- end of that prefix or null).
+select a.object_key, a.size_bytes, a.checksum
+from trr_assets.heads_pending p
+join core.show_assets a on a.bucket = p.bucket and a.object_key = p.object_key
+where p.bucket = %(bucket)s and p.object_key > %(after)s and p.object_key >= %(start)s
+  and (%(stop)s::text is null or p.object_key < %(stop)s::text)
+order by p.object_key
+limit %(limit)s
+
+-- name: sync_heads_done
+-- Keys HEADed by a pass with sync.metadata = "head": their rows are complete.
+delete from trr_assets.heads_pending
+where bucket = %(bucket)s and object_key = any(%(keys)s::text[])
+
+-- name: sync_heads_pending_orphans
+-- Entries of rows deleted since they were listed (any deletion path): dropped
+-- at the start of a bucket's "head" pass over the list.
+delete from trr_assets.heads_pending p
+where p.bucket = %(bucket)s
+  and not exists (select 1 from core.show_assets a where a.bucket = p.bucket and a.object_key = p.object_key)
