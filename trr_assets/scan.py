@@ -224,5 +224,8 @@ class Scan:
             work(unit)
         except fails_bucket as exc:  # one bucket's failure must not stop the others
             self.fail(unit.bucket, describe(unit.bucket, exc))
+        except BaseException:  # a bug: the units not started yet are skipped
+            self._halt.set()
+            raise
         finally:
             self.progress.advance(units_done=1)
