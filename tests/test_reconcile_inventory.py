@@ -127,12 +127,12 @@ def test_inventory_of_another_bucket_is_a_usage_error(conn, s3, db_url):
         run(make_settings(db_url), inventory=url, buckets=["some-other-bucket"])
 
 
-def test_non_csv_report_is_refused(conn, s3, db_url):
-    """Only CSV reports are read; an ORC manifest is a clear usage error."""
+def test_a_report_in_another_format_is_refused(conn, s3, db_url):
+    """CSV, Parquet and ORC reports are read; a manifest of any other format is a clear usage error."""
     s3.create_bucket(Bucket=INVENTORY_BUCKET)
-    manifest = {"sourceBucket": TEST_BUCKET, "fileFormat": "ORC", "fileSchema": "struct<>", "files": [{"key": "x"}]}
+    manifest = {"sourceBucket": TEST_BUCKET, "fileFormat": "JSON", "fileSchema": "x", "files": [{"key": "x"}]}
     s3.put_object(Bucket=INVENTORY_BUCKET, Key="m/manifest.json", Body=json.dumps(manifest).encode())
-    with pytest.raises(UsageError, match="only CSV"):
+    with pytest.raises(UsageError, match="CSV, Parquet or ORC are supported, not JSON"):
         run(make_settings(db_url), inventory=f"s3://{INVENTORY_BUCKET}/m/manifest.json")
 
 

@@ -265,7 +265,7 @@ def test_sync_writes_the_rows_botocores_heads_would(s3_server: S3Server, db_url:
         client = storage.make_client(settings.s3)
         botocore_heads: list[str] = []
         client.meta.events.register("after-call.s3.HeadObject", lambda **kw: botocore_heads.append("x"))
-        report = sync.run(settings, client=client, progress=False)
+        report = sync.run(settings, client=client)
         assert (report.inserted, report.failed) == (5, [])
         assert len(botocore_heads) == (0 if head_client == "native" else 5)
         written[head_client] = rows(conn)

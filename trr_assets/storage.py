@@ -180,6 +180,12 @@ def get_object_body(client: S3Client, bucket: str, key: str, *, action: str = "g
         return client.get_object(Bucket=bucket, Key=key)["Body"]
 
 
+def get_object_bytes(client: S3Client, bucket: str, key: str, *, action: str = "get object") -> bytes:
+    """GET one object: its whole body."""
+    with wrap_errors(action, bucket):
+        return get_object_body(client, bucket, key, action=action).read()
+
+
 def copy_if_unchanged(client: S3Client, bucket: str, key: str, target: str, *, etag: str, size: int) -> bool:
     """Copy ``key`` to ``target`` in ``bucket`` if it still has ``etag``
     (metadata kept); False when it changed meanwhile."""

@@ -21,9 +21,9 @@ from __future__ import annotations
 import functools
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Executor, ThreadPoolExecutor
-from contextlib import ExitStack
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import Any
@@ -31,9 +31,10 @@ from typing import Any
 import psycopg
 import structlog
 
-from trr_assets import db, diff, logs, metadata, scan, storage, storage_heads
+from trr_assets import db, diff, keys, logs, metadata, scan, storage, storage_heads
+from trr_assets import inventory as inventory_reports
 from trr_assets.config import Settings
-from trr_assets.errors import TrrAssetsError, one_line
+from trr_assets.errors import TrrAssetsError, UsageError, one_line
 from trr_assets.records import ObjectInfo, object_info
 from trr_assets.scan import Progress, Scan, Unit
 from trr_assets.storage import S3Client
@@ -170,6 +171,7 @@ class _Context:
     native: storage_heads.HeadClient | None
     prefix: str
     tallies: dict[str, _BucketTally]
+    report: psycopg.Connection[Any] | None = None  # holds the inventory report read instead of listing
 
 
 def run(
@@ -180,8 +182,17 @@ def run(
     client: S3Client | None = None,
     progress: Progress | None = None,
     stop: threading.Event | None = None,
+    inventory: str | None = None,
 ) -> SyncReport:
     """One sync pass over ``buckets`` (default ``s3.buckets``) under ``prefix``.
+
+    With ``inventory`` (``s3://BUCKET/PATH/manifest.json``), the pass reads
+    that S3 Inventory report instead of listing its source bucket (the one
+    bucket synced; ``buckets``, when given, must name it): the report is
+    loaded whole first, so one that cannot be read raises ``StorageError``
+    with nothing written; new and changed objects are then HEADed live as
+    usual (with ``sync.metadata = "listing"``, the report's entries are
+    trusted as a listing's would be).
 
     A bucket that fails (missing, S3 or database error) is reported in
     ``failed`` and does not stop the others. ``progress`` hears of the keys
@@ -194,9 +205,16 @@ def run(
     names = list(dict.fromkeys(buckets if buckets is not None else s3.buckets))
     prefix = s3.prefix if prefix is None else prefix
     client = client or storage.make_client(s3)
+    manifest = inventory_reports.read_manifest(client, inventory, command="sync") if inventory else None
+    if manifest is not None:
+        if buckets and manifest.source_bucket not in names:
+            raise UsageError(f"sync: the inventory report is of bucket {manifest.source_bucket}, "
+                             f"not of {', '.join(names)}")
+        names = [manifest.source_bucket]
     if not names:
         log.warning("sync_no_buckets", hint="set s3.buckets or pass --bucket")
-    units = scan.units(names, prefix, s3.list_shards)
+    # A report is read on one connection: one unit, the whole prefix.
+    units = [Unit(names[0], keys.prefix_range(prefix))] if manifest else scan.units(names, prefix, s3.list_shards)
     # Two connections per running unit: the reader's row stream and the
     # writer. Readers open with the pool; writers, which a pass with nothing
     # to change never takes, as units ask for them.
@@ -204,8 +222,8 @@ def run(
                  workers=s3.list_concurrency, per_unit=2, eager_per_unit=1, stop=stop, progress=progress)
     tallies = {name: _BucketTally(name) for name in names}
     with pass_, ThreadPoolExecutor(s3.head_concurrency, thread_name_prefix="trr-head") as heads, \
-            storage_heads.for_client(client, s3) as native:
-        ctx = _Context(settings, client, pass_, heads, native, prefix, tallies)
+            storage_heads.for_client(client, s3) as native, _loaded(settings, client, manifest, prefix) as loaded:
+        ctx = _Context(settings, client, pass_, heads, native, prefix, tallies, loaded)
         pass_.run(units, functools.partial(_sync_range, ctx), phase="sync", fails_bucket=(Exception,),
                   describe=_describe)
         if settings.sync.metadata == metadata.HEAD:
@@ -282,10 +300,7 @@ def _merge_and_write(
         ctx.scan.progress.advance(keys=scanned, written=counts.inserted + counts.updated)
         new, changed, scanned, same, pending = [], [], 0, 0, 0
 
-    # Sync compares size and ETag only: the lighter row stream will do.
-    found_all = scan.diff_range(ctx.client, reader, bucket, ctx.prefix, unit.key_range, ctx.scan.splits,
-                                rows=db.stream_row_keys)
-    for found in found_all:
+    for found in _differences(ctx, reader, unit):
         same += found.same
         scanned += found.same
         for item in found.diffs:
@@ -305,6 +320,33 @@ def _merge_and_write(
             if ctx.scan.failed(bucket) or ctx.scan.stopping():
                 return
     flush()
+
+
+@contextmanager
+def _loaded(
+    settings: Settings, client: S3Client, manifest: inventory_reports.InventoryManifest | None, prefix: str
+) -> Iterator[psycopg.Connection[Any] | None]:
+    """A connection holding ``manifest``'s report, loaded whole (None without one)."""
+    if manifest is None:
+        yield None
+        return
+    with db.wrap_errors("connect for the inventory report"):
+        conn = db.connect(settings.database, application_name="trr-assets sync inventory")
+    with conn:
+        inventory_reports.load_inventory(conn, client, manifest, prefix)
+        yield conn
+
+
+def _differences(ctx: _Context, reader: psycopg.Connection[Any], unit: Unit) -> Iterator[diff.Batch]:
+    """The range's objects (listed, or from the inventory report) merged with its rows."""
+    # Sync compares size and ETag only: the lighter row stream will do.
+    if ctx.report is None:
+        yield from scan.diff_range(ctx.client, reader, unit.bucket, ctx.prefix, unit.key_range, ctx.scan.splits,
+                                   rows=db.stream_row_keys)
+        return
+    with ctx.report.transaction():  # the report's cursor lives in it
+        objects = inventory_reports.inventory_objects(ctx.report, unit.key_range)
+        yield from diff.merge(objects, db.stream_row_keys(reader, unit.bucket, unit.key_range))
 
 
 _UNKNOWN_TIME = datetime(1970, 1, 1, tzinfo=timezone.utc)  # a pending row's ObjectInfo: the write never reads it

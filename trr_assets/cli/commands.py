@@ -46,7 +46,8 @@ def sync(args: argparse.Namespace, settings: Settings) -> int:
     from trr_assets import sync as job
 
     progress: Progress | None = render.SyncBar(sys.stderr) if _terminal() else None
-    report = job.run(settings, buckets=args.bucket or None, prefix=args.prefix, progress=progress)
+    report = job.run(settings, buckets=args.bucket or None, prefix=args.prefix, progress=progress,
+                     inventory=args.inventory)
     render.print_json(report.as_dict())
     return check(report, prefix="sync: ")
 

@@ -61,6 +61,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("sync", help="one sync pass: S3 listing into core.show_assets")
     p.add_argument("--bucket", action="append", default=[], metavar="B", help="bucket (repeatable; default: s3.buckets)")
     p.add_argument("--prefix", metavar="P", help="key prefix (default: s3.prefix)")
+    p.add_argument("--inventory", metavar="s3://BUCKET/PATH/manifest.json",
+                   help="read this S3 Inventory report (CSV, Parquet or ORC) instead of listing its bucket")
     p.set_defaults(handler=commands.sync)
 
     p = sub.add_parser("reconcile", help="report (or repair) drift between S3 and the rows")

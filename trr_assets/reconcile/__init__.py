@@ -38,7 +38,7 @@ from typing import Any
 import psycopg
 import structlog
 
-from trr_assets import db, diff, keys, scan, storage
+from trr_assets import db, diff, inventory, keys, scan, storage
 from trr_assets.config import Settings
 from trr_assets.diff import Batch, Diff
 from trr_assets.errors import (
@@ -48,14 +48,14 @@ from trr_assets.errors import (
     UsageError,
     one_line,
 )
-from trr_assets.reconcile import history, inventory, judging, limits
-from trr_assets.reconcile.history import HISTORY_LIMIT, default_run_by
-from trr_assets.reconcile.inventory import (
+from trr_assets.inventory import (
     InventoryManifest,
     load_inventory,
     parse_s3_url,
     read_manifest,
 )
+from trr_assets.reconcile import history, judging, limits
+from trr_assets.reconcile.history import HISTORY_LIMIT, default_run_by
 from trr_assets.reconcile.judging import finding
 from trr_assets.reconcile.limits import Judgement, limit_problems
 from trr_assets.reconcile.repairs import Repairs, import_object
