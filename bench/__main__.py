@@ -22,14 +22,23 @@ def _parser() -> argparse.ArgumentParser:
         description="Measure trr-assets' speed figures against their baselines, in one run.",
         epilog="benchmarks: " + ", ".join(BY_NAME),
     )
-    parser.add_argument("--quick", action="store_true",
-                        help="reduced sizes: the whole suite in about two minutes (proves it works; figures not comparable)")
+    parser.add_argument(
+        "--quick",
+        action="store_true",
+        help="reduced sizes: the whole suite in about two minutes (proves it works; figures not comparable)",
+    )
     parser.add_argument("--only", action="append", default=[], metavar="NAME",
                         help="run only this benchmark (repeatable, or comma-separated)")
     parser.add_argument("--repeat", type=int, default=3, metavar="N",
                         help="measured repetitions of each side, after a warm-up (default 3)")
-    parser.add_argument("--json", type=Path, default=DEFAULT_JSON, metavar="PATH",
-                        help=f"where to write the results (default {DEFAULT_JSON.relative_to(Path.cwd()) if DEFAULT_JSON.is_relative_to(Path.cwd()) else DEFAULT_JSON})")
+    shown_json = DEFAULT_JSON.relative_to(Path.cwd()) if DEFAULT_JSON.is_relative_to(Path.cwd()) else DEFAULT_JSON
+    parser.add_argument(
+        "--json",
+        type=Path,
+        default=DEFAULT_JSON,
+        metavar="PATH",
+        help=f"where to write the results (default {shown_json})",
+    )
     parser.add_argument("--list", action="store_true", help="list the benchmarks and exit")
     return parser
 

@@ -156,7 +156,9 @@ class Env:
 
     def _create(self, name: str, template: str) -> str:
         with psycopg.connect(self.admin_url, autocommit=True) as conn:
-            conn.execute(sql.SQL("create database {} template {}").format(sql.Identifier(name), sql.Identifier(template)))
+            conn.execute(
+                sql.SQL("create database {} template {}").format(sql.Identifier(name), sql.Identifier(template))
+            )
         return name
 
     def drop(self, name: str) -> None:

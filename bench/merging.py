@@ -84,8 +84,8 @@ def run(ctx: Context) -> Measured:
         f"{label[big]} ({'flat' if flat else 'not flat'}: {growth:+.1f} MB); the naive set difference: "
         f"{rss(small, 'naive'):.0f} MB and {rss(big, 'naive'):.0f} MB. A fresh interpreter with psycopg and the "
         f"project imported starts at {min(r['rss_before_mb'] for v in results.values() for r in v):.0f} MB.",
-        f"1% of the keys are objects with no row, 1% rows with no object, 1% differ in size; both sides found "
-        f"exactly those. The naive side runs the same SQL query, fetched whole.",
+        "1% of the keys are objects with no row, 1% rows with no object, 1% differ in size; both sides found "
+        "exactly those. The naive side runs the same SQL query, fetched whole.",
     )
     extra = {
         "sizes": list(sizes),

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import bisect
 from collections.abc import Sequence
+from itertools import pairwise
 from typing import Any
 
 from trr_assets.keys import prefix_end
@@ -21,7 +22,7 @@ class PrefetchedS3:
     def __init__(self, bucket: str, objects: Sequence[ObjectInfo], *, content_type: str) -> None:
         self.bucket = bucket
         self._keys = [o.key for o in objects]
-        if any(a >= b for a, b in zip(self._keys, self._keys[1:])):
+        if any(a >= b for a, b in pairwise(self._keys)):
             raise ValueError("the listing must be sorted and without duplicates")
         # What botocore would return for each object, built once.
         self._items = [

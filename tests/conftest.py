@@ -1,33 +1,27 @@
-"""Test harness: a real PostgreSQL, one migrated template, a clone per test.
+"""The test suite's harness: a real PostgreSQL, S3 from moto, nothing mocked in between.
 
-The server is ``$TRR_ASSETS_TEST_DATABASE_URL`` (an admin URL: it must be
-allowed to CREATE DATABASE) or else a throwaway ``pgserver`` instance started
-once per session. The migrations run once, into a template database; every
-test that asks for ``db_url`` gets its own ``CREATE DATABASE ... TEMPLATE``
-clone, so tests never see each other's rows. S3 is moto, in-process.
+The fixtures live in ``tests/support/`` and reach every test as pytest
+plugins (below): ``postgres`` (a migrated database per test: ``db_url``,
+``conn``, ``empty_db_url``), ``s3`` (``aws_env``, in-process moto ``s3``,
+``settings``), ``moto_server`` (moto over HTTP for child processes:
+``s3_server``), ``s3_faults`` (``quick_backoff``). Helpers that are not
+fixtures are imported from those modules; each concept's folder keeps its
+own in ``helpers.py``.
 """
 
 from __future__ import annotations
 
-import json
-import os
-import tempfile
-import uuid
 from collections.abc import Iterator
-from contextlib import contextmanager
-from typing import Any
 
-import boto3
-import psycopg
 import pytest
 import structlog
-from psycopg import sql
-from psycopg.conninfo import make_conninfo
 
-from trr_assets import db
-from trr_assets.config import DatabaseSettings, Settings, settings_from_mapping
-
-TEST_BUCKET = "trr-test-assets"
+pytest_plugins = [
+    "tests.support.postgres",
+    "tests.support.s3",
+    "tests.support.moto_server",
+    "tests.support.s3_faults",
+]
 
 
 @pytest.fixture(autouse=True)
@@ -35,154 +29,3 @@ def _reset_logging() -> Iterator[None]:
     """Each test starts with structlog's defaults (cli.main configures it)."""
     yield
     structlog.reset_defaults()
-
-
-@pytest.fixture(scope="session")
-def pg_admin_url() -> Iterator[str]:
-    """Admin URL of the test cluster (maintenance database ``postgres``)."""
-    url = os.environ.get("TRR_ASSETS_TEST_DATABASE_URL")
-    if url:
-        yield url
-        return
-    import pgserver
-
-    # Not under pytest's basetemp: a concurrent pytest run prunes old
-    # basetemp folders, and would delete a running server's data under it.
-    server = pgserver.get_server(tempfile.mkdtemp(prefix="trr-assets-pg-"), cleanup_mode="delete")
-    try:
-        yield server.get_uri()
-    finally:
-        server.cleanup()
-
-
-def _admin_execute(admin_url: str, statement: sql.Composable) -> None:
-    with psycopg.connect(admin_url, autocommit=True) as conn:
-        conn.execute(statement)
-
-
-def database_url(admin_url: str, name: str) -> str:
-    return make_conninfo(admin_url, dbname=name)
-
-
-@contextmanager
-def scratch_database(admin_url: str, *, template: str = "template0") -> Iterator[str]:
-    """A new database for one test, dropped afterwards; yields its URL."""
-    name = f"trr_test_{uuid.uuid4().hex[:12]}"
-    _admin_execute(
-        admin_url, sql.SQL("create database {} template {}").format(sql.Identifier(name), sql.Identifier(template))
-    )
-    try:
-        yield database_url(admin_url, name)
-    finally:
-        _admin_execute(admin_url, sql.SQL("drop database if exists {} with (force)").format(sql.Identifier(name)))
-
-
-@pytest.fixture(scope="session")
-def template_db(pg_admin_url: str) -> Iterator[str]:
-    """Name of a database with every (non-optional) migration applied."""
-    name = f"trr_template_{uuid.uuid4().hex[:8]}"
-    _admin_execute(pg_admin_url, sql.SQL("create database {} template template0").format(sql.Identifier(name)))
-    db.migrate(DatabaseSettings(url=database_url(pg_admin_url, name)))
-    try:
-        yield name
-    finally:
-        _admin_execute(pg_admin_url, sql.SQL("drop database if exists {} with (force)").format(sql.Identifier(name)))
-
-
-@pytest.fixture
-def db_url(pg_admin_url: str, template_db: str) -> Iterator[str]:
-    """URL of a freshly migrated database of this test's own."""
-    with scratch_database(pg_admin_url, template=template_db) as url:
-        yield url
-
-
-@pytest.fixture
-def empty_db_url(pg_admin_url: str) -> Iterator[str]:
-    """URL of a database with nothing migrated."""
-    with scratch_database(pg_admin_url) as url:
-        yield url
-
-
-@pytest.fixture
-def conn(db_url: str) -> Iterator[psycopg.Connection[Any]]:
-    """An autocommit connection to this test's database, as its owner."""
-    with psycopg.connect(db_url, autocommit=True) as connection:
-        yield connection
-
-
-@contextmanager
-def as_role(connection: psycopg.Connection[Any], role: str, claims: dict[str, Any] | None = None) -> Iterator[None]:
-    """Act as PostgREST does for a request: in one transaction, SET LOCAL ROLE
-    and ``request.jwt.claims``; both end with the transaction."""
-    with connection.transaction():
-        connection.execute(sql.SQL("set local role {}").format(sql.Identifier(role)))
-        connection.execute(
-            "select set_config('request.jwt.claims', %s, true)",
-            (json.dumps(claims if claims is not None else {"role": role}),),
-        )
-        yield
-
-
-def make_show(connection: psycopg.Connection[Any], *, org_id: uuid.UUID | None = None) -> uuid.UUID:
-    """Insert a show (as the owner) and return its id."""
-    row = connection.execute(
-        "insert into core.shows (title, org_id) values ('a show', %s) returning id", (org_id,)
-    ).fetchone()
-    assert row is not None
-    return row[0]
-
-
-# --- settings and S3 -----------------------------------------------------------
-
-
-def static_aws_credentials(env: pytest.MonkeyPatch) -> None:
-    """Fixed fake credentials, and no profile, endpoint or token from the machine."""
-    for name in ("AWS_PROFILE", "AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_S3", "AWS_SESSION_TOKEN"):
-        env.delenv(name, raising=False)
-    env.setenv("AWS_ACCESS_KEY_ID", "AKIATESTTESTTESTTEST")
-    env.setenv("AWS_SECRET_ACCESS_KEY", "test-secret-key-never-logged-0123456789")
-    env.setenv("AWS_CONFIG_FILE", "/nonexistent/trr-assets-test")
-    env.setenv("AWS_SHARED_CREDENTIALS_FILE", "/nonexistent/trr-assets-test")
-
-
-@pytest.fixture
-def aws_env(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Fake, fixed AWS credentials; nothing from the developer's machine leaks in."""
-    for name in list(os.environ):
-        if name.startswith("AWS_") or name.startswith("TRR_ASSETS_") and name != "TRR_ASSETS_TEST_DATABASE_URL":
-            monkeypatch.delenv(name, raising=False)
-    monkeypatch.delenv("DATABASE_URL", raising=False)
-    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "AKIATESTTESTTESTTEST")
-    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "test-secret-key-never-logged-0123456789")
-    monkeypatch.setenv("AWS_DEFAULT_REGION", "us-east-1")
-    monkeypatch.setenv("AWS_CONFIG_FILE", "/nonexistent/trr-assets-test")
-    monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", "/nonexistent/trr-assets-test")
-
-
-@pytest.fixture
-def s3(aws_env: None) -> Iterator[Any]:
-    """moto's in-process S3 with the test bucket created; yields a client."""
-    from moto import mock_aws
-
-    with mock_aws():
-        client = boto3.client("s3", region_name="us-east-1")
-        client.create_bucket(Bucket=TEST_BUCKET)
-        yield client
-
-
-def make_settings(db_url: str, **sections: dict[str, Any]) -> Settings:
-    """Settings for tests: this database, the test bucket, no grace."""
-    data: dict[str, Any] = {
-        "database": {"url": db_url},
-        "s3": {"buckets": [TEST_BUCKET]},
-        "reconcile": {"grace_seconds": 0},
-        "logging": {"format": "json"},
-    }
-    for name, values in sections.items():
-        data[name] = {**data.get(name, {}), **values}
-    return settings_from_mapping(data)
-
-
-@pytest.fixture
-def settings(db_url: str, aws_env: None) -> Settings:
-    return make_settings(db_url)

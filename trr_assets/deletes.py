@@ -267,7 +267,8 @@ def _drain_batch(
         for entry in entries:
             if entry.id in live:
                 log.warning("delete_skipped_live_row", bucket=entry.bucket, key=entry.key)
-        outcome = object_deletes.delete_entries(client, [e for e in entries if e.id not in live], all_versions=config.all_versions)
+        outcome = object_deletes.delete_entries(client, [e for e in entries if e.id not in live],
+                                                all_versions=config.all_versions)
         # Only now, with S3's answer in hand, do entries leave the queue; if
         # this transaction never commits, they are all still there.
         done = sorted(outcome.confirmed | live)

@@ -58,7 +58,7 @@ class Heads:
             return (Row(obj.key, show_id, obj.size, obj.etag, guess(obj.key), None) for obj, show_id in todo)
         if self.native is not None:
             native = self.native.heads(bucket, [obj.key for obj, _ in todo])
-            return (_row(obj, show_id, answer) for (obj, show_id), answer in zip(todo, native))
+            return (_row(obj, show_id, answer) for (obj, show_id), answer in zip(todo, native, strict=False))
         size = max(1, min(HEAD_RUN_MAX, len(todo) // (4 * self.workers)))
         if size == 1:
             return self.pool.map(lambda item: _head(client, bucket, item[0], item[1]), todo)

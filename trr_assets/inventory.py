@@ -135,7 +135,9 @@ def entries(client: S3Client, manifest: InventoryManifest, file_key: str, prefix
         yield from _columnar_entries(spool, manifest, file_key, prefix)
 
 
-def _csv_entries(body: IO[bytes] | StreamingBody, manifest: InventoryManifest, file_key: str, prefix: str) -> Iterator[Entry]:
+def _csv_entries(
+    body: IO[bytes] | StreamingBody, manifest: InventoryManifest, file_key: str, prefix: str
+) -> Iterator[Entry]:
     at = {name: i for i, name in enumerate(manifest.columns)}
     key_at, size_at, date_at, etag_at = (at[c] for c in _CSV_REQUIRED)
     try:

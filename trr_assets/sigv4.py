@@ -12,8 +12,8 @@ presigned URL). A signer asks a botocore client once per bucket where the
 bucket lives (URL prefix, host, signing region) and then signs each request
 itself with a per-day signing key. The client and its credentials still come
 from boto3 (``storage.make_client``), so profiles, roles and refreshing
-credentials keep working. tests/test_presign_sigv4.py (URLs) and
-tests/test_sigv4.py (headers) hold the signers to botocore's bytes.
+credentials keep working. tests/presign/test_presign_sigv4.py (URLs) and
+tests/presign/test_sigv4.py (headers) hold the signers to botocore's bytes.
 
 Importing this module is cheap: it imports no botocore (the client passed in
 is botocore's).

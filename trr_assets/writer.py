@@ -247,7 +247,9 @@ def _parse(objects: list[ObjectInfo], pattern: re.Pattern[str]) -> _Parsed:
     return _Parsed(items, show_ids, counts, ids.time_ordered(len(items)))
 
 
-def _known_shows(items: list[tuple[ObjectInfo, str]], existing: set[str]) -> tuple[list[tuple[ObjectInfo, str]], UpsertCounts]:
+def _known_shows(
+    items: list[tuple[ObjectInfo, str]], existing: set[str]
+) -> tuple[list[tuple[ObjectInfo, str]], UpsertCounts]:
     """The objects whose show exists, and the count of those whose show does not."""
     todo = [item for item in items if item[1] in existing]
     if len(todo) == len(items):
@@ -294,7 +296,8 @@ def _write(conn: psycopg.Connection[Any], bucket: str, rows: list[Row], new_ids:
         pending_deletes=queued,
     )
     if unknown_show:  # the show was deleted after the look-up
-        counts += UpsertCounts(skipped=unknown_show, skipped_by_reason={keys.SkipReason.UNKNOWN_SHOW.value: unknown_show})
+        reason = keys.SkipReason.UNKNOWN_SHOW.value
+        counts += UpsertCounts(skipped=unknown_show, skipped_by_reason={reason: unknown_show})
     return counts
 
 
@@ -306,7 +309,7 @@ def _write_once(
     with db.wrap_errors(f"upsert a batch of bucket {bucket}"), conn.transaction():
         conn.execute(db.query("sync_prepare_batch"))
         with conn.cursor().copy(db.query("sync_copy_batch")) as copy:
-            for new_id, r in zip(new_ids, rows):
+            for new_id, r in zip(new_ids, rows, strict=False):  # ids for every item; rows: those HEADed
                 copy.write_row((new_id, r.key, r.show_id, r.size, r.etag, r.content_type, r.owner_id))
         result = conn.execute(db.query("sync_upsert_batch"), {"bucket": bucket}).fetchone()
         if nested:

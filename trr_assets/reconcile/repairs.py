@@ -75,7 +75,9 @@ def import_object(
 class Repairs:
     """The repair pass's actions, shared by its threads."""
 
-    def __init__(self, settings: Settings, client: S3Client, cutoff: datetime, judgements: dict[str, Judgement]) -> None:
+    def __init__(
+        self, settings: Settings, client: S3Client, cutoff: datetime, judgements: dict[str, Judgement]
+    ) -> None:
         self.settings = settings
         self.client = client
         self.cutoff = cutoff
