@@ -6,7 +6,7 @@ import threading
 
 import pytest
 
-from tests.conftest import make_settings
+from tests.support.s3 import make_settings
 from trr_assets import scan
 from trr_assets.errors import StorageError, TrrAssetsError, one_line
 from trr_assets.scan import Scan, Unit
