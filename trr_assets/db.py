@@ -313,9 +313,7 @@ def stream_rows(
     close it (``diff.merge`` does, however it ends) before using ``conn``
     again. Closing it early cancels the query, which aborts the transaction.
     """
-    with wrap_errors(f"read rows of bucket {bucket}"):
-        conn.execute(query("stream_rows_in_utc"))
-    yield from _stream(conn, "stream_rows_in_range", bucket, key_range, itersize)
+    return _stream(conn, "stream_rows_in_range", bucket, key_range, itersize, first="stream_rows_in_utc")
 
 
 def stream_row_keys(
@@ -327,11 +325,16 @@ def stream_row_keys(
 
 
 def _stream(
-    conn: psycopg.Connection[Any], name: str, bucket: str, key_range: KeyRange, itersize: int
+    conn: psycopg.Connection[Any], name: str, bucket: str, key_range: KeyRange, itersize: int,
+    *, first: str | None = None,
 ) -> Iterator[RowInfo]:
+    """The named query's rows (after running the query ``first``, when
+    given), streamed; nothing runs until the first row is asked for."""
     params = {"bucket": bucket, "start_at": key_range.start_at, "stop_before": key_range.stop_before}
     cursor = conn.cursor(binary=True, row_factory=_row_info_maker)
     # Chunked rows need libpq 17 (bundled with psycopg-binary); row by row otherwise.
     size = itersize if psycopg.capabilities.has_stream_chunked() else 1
     with wrap_errors(f"read rows of bucket {bucket}"):
+        if first is not None:
+            conn.execute(query(first))
         yield from cursor.stream(query(name), params, binary=True, size=size)
