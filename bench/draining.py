@@ -39,7 +39,7 @@ def _restock(ctx: Context, shows: list[Any]) -> None:
 
 
 def run(ctx: Context) -> Measured:
-    from trr_assets import deletes, object_deletes
+    from trr_assets import deletes
 
     n = ctx.size(10_000, 1_000)
     shows = data.show_ids(n // PER_SHOW)
@@ -47,7 +47,7 @@ def run(ctx: Context) -> Measured:
     moto.create_bucket(BUCKET)
     template = ctx.env.template(f"shows:{len(shows)}", lambda conn, url: conn.execute(
         query("insert_shows"), {"ids": shows}))
-    expected_requests = math.ceil(n / object_deletes.MAX_KEYS_PER_REQUEST)
+    expected_requests = math.ceil(n / deletes.MAX_KEYS_PER_REQUEST)
 
     def drain_once(shows: list[Any]) -> tuple[float, Any]:
         count = len(shows) * PER_SHOW

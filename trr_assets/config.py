@@ -160,6 +160,9 @@ class DeletesSettings:
     batch_size: int = _setting(1000, _between(1, 100000))
     backoff_base_seconds: float = _setting(10.0, _at_least(0))
     backoff_max_seconds: float = _setting(3600.0, _at_least(0))
+    # An erasure intent older than this was left by a process that died
+    # mid-deletion: the next drain or repair settles it (see erasures.py).
+    settle_after_seconds: float = _setting(900.0, _at_least(0))
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -173,6 +176,11 @@ class ReconcileSettings:
     quarantine_prefix: str = _setting(
         "quarantine/", lambda v: None if v.endswith("/") and len(v) > 1 else "must end with /"
     )
+    # reconcile --versions: repairs of versioned buckets and multipart uploads.
+    incomplete_uploads: str = _setting("report", _one_of("report", "abort"))
+    incomplete_upload_days: int = _setting(7, _at_least(0))
+    orphaned_versions: str = _setting("report", _one_of("report", "delete"))
+    lone_delete_markers: str = _setting("report", _one_of("report", "delete"))
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -199,6 +207,23 @@ class WorkerSettings:
     reconcile_interval_seconds: int = _setting(0, _at_least(0))
 
 
+def _check_queue_urls(values: list[str]) -> str | None:
+    for value in values:
+        if not re.match(r"^https?://[^/\s]+/\S+$", value):
+            return f"has {value!r}, which is not an SQS queue URL (https://sqs.REGION.amazonaws.com/ACCOUNT/NAME)"
+    return None
+
+
+@dataclass(frozen=True, kw_only=True)
+class EventsSettings:
+    queue_urls: list[str] = _setting([], _check_queue_urls)
+    wait_seconds: int = _setting(20, _between(0, 20))  # SQS long polling
+    endpoint_url: str = _setting("", _check_endpoint)  # SQS-compatible endpoint; empty for AWS
+    receivers: int = _setting(2, _between(1, 32))  # receive loops in flight per queue
+    batch_messages: int = _setting(100, _between(1, 1000))  # messages applied in one transaction, at most
+    visibility_timeout_seconds: int = _setting(0, _between(0, 43200))  # 0: the queue's own
+
+
 @dataclass(frozen=True, kw_only=True)
 class Settings:
     database: DatabaseSettings = field(default_factory=DatabaseSettings)
@@ -209,6 +234,7 @@ class Settings:
     presign: PresignSettings = field(default_factory=PresignSettings)
     logging: LoggingSettings = field(default_factory=LoggingSettings)
     worker: WorkerSettings = field(default_factory=WorkerSettings)
+    events: EventsSettings = field(default_factory=EventsSettings)
     source: str = "defaults"  # where the settings came from, for messages
 
     def replace(self, **sections: Any) -> Settings:

@@ -1,4 +1,4 @@
-"""ListObjectsV2 pages, parsed fast (``storage.make_client`` installs this
+"""Listing pages (ListObjectsV2, ListObjectVersions), parsed fast (``storage.make_client`` installs this
 on every client it makes).
 
 botocore parses a 1,000-key ListObjectsV2 page twice: once whole, to see
@@ -27,7 +27,6 @@ import botocore.handlers
 if TYPE_CHECKING:
     from mypy_boto3_s3 import S3Client
 
-EMPTY_PAGE = b'<ListBucketResult xmlns="http://s3.amazonaws.com/doc/2006-03-01/"></ListBucketResult>'
 _NAMESPACE = re.compile(r"\{.*\}")
 
 
@@ -108,36 +107,46 @@ def _parse_structure(node: ElementTree.Element, table: dict[str, _Member]) -> di
 
 
 class ListingParser:
-    """One client's ``before-parse`` handler for ListObjectsV2 answers.
+    """One client's ``before-parse`` handler for listing answers
+    (ListObjectsV2, ListObjectVersions).
 
     Registered for every S3 operation (``before-parse.s3.*``), because only a
     handler there can run before botocore's own; it lets the others pass.
     """
 
-    def __init__(self, table: dict[str, _Member]) -> None:
-        self._table = table
+    def __init__(self, tables: dict[str, tuple[str, dict[str, _Member]]]) -> None:
+        self._tables = tables  # operation name -> (root element, its table)
 
-    def parse(self, body: bytes) -> dict[str, Any] | None:
+    def parse(self, body: bytes, operation: str = "ListObjectsV2") -> dict[str, Any] | None:
         """The page as botocore would parse it, or None when unsure."""
+        root_name, table = self._tables[operation]
         try:
             root = ElementTree.fromstring(body)
-            if _NAMESPACE.sub("", root.tag) != "ListBucketResult":
+            if _NAMESPACE.sub("", root.tag) != root_name:
                 return None  # an error document, answered with 200
-            return _parse_structure(root, self._table)
+            return _parse_structure(root, table)
         except (_Unsure, ElementTree.ParseError, ValueError, TypeError):
             return None
 
     def __call__(self, operation_model: Any, response_dict: dict[str, Any],
                  customized_response_dict: dict[str, Any], **_: Any) -> None:
         body = response_dict.get("body")
-        if operation_model.name != "ListObjectsV2" or response_dict.get("status_code") != 200:
+        if operation_model.name not in self._tables or response_dict.get("status_code") != 200:
             return
         if not isinstance(body, bytes) or not body:
             return
-        parsed = self.parse(body)
+        parsed = self.parse(body, operation_model.name)
         if parsed is not None:
             customized_response_dict.update(parsed)
-            response_dict["body"] = EMPTY_PAGE
+            response_dict["body"] = EMPTY_PAGES[operation_model.name]
+
+
+# The listings parsed fast: operation name -> the root element of its answer.
+FAST_LISTINGS = {"ListObjectsV2": "ListBucketResult", "ListObjectVersions": "ListVersionsResult"}
+EMPTY_PAGES = {
+    name: f'<{root} xmlns="http://s3.amazonaws.com/doc/2006-03-01/"></{root}>'.encode()
+    for name, root in FAST_LISTINGS.items()
+}
 
 
 def install(client: S3Client, timestamp: Callable[[str], Any]) -> None:
@@ -149,15 +158,19 @@ def install(client: S3Client, timestamp: Callable[[str], Any]) -> None:
     client only. Should botocore rename it, the check stays where it is and
     only the saving is lost.
     """
-    shape = client.meta.service_model.operation_model("ListObjectsV2").output_shape
-    try:
-        table = compile_shape(shape, timestamp)
-    except _Unsure:
+    tables = {}
+    for name, root in FAST_LISTINGS.items():
+        shape = client.meta.service_model.operation_model(name).output_shape
+        try:
+            tables[name] = (root, compile_shape(shape, timestamp))
+        except _Unsure:
+            continue
+    if not tables:
         return
     events = client.meta.events
     check = getattr(botocore.handlers, "_handle_200_error", None)
     if check is not None:
         events.unregister("before-parse.s3.*", check)
-    events.register_first("before-parse.s3.*", ListingParser(table), unique_id="trr-assets-listing-parser")
+    events.register_first("before-parse.s3.*", ListingParser(tables), unique_id="trr-assets-listing-parser")
     if check is not None:
         events.register_first("before-parse.s3.*", check)

@@ -18,7 +18,7 @@ import threading
 from collections.abc import Callable, Generator, Iterator, Sequence
 from contextlib import contextmanager
 from datetime import datetime
-from typing import TYPE_CHECKING, Any, Literal, cast
+from typing import TYPE_CHECKING, Any, Literal, TypeVar, cast
 
 import boto3
 import botocore.config
@@ -38,6 +38,7 @@ if TYPE_CHECKING:  # the stubs (boto3-stubs[s3]) are a test extra: annotations o
     from mypy_boto3_s3 import S3Client
     from mypy_boto3_s3.type_defs import (
         CopySourceTypeDef,
+        DeleteObjectOutputTypeDef,
         DeleteObjectsOutputTypeDef,
         HeadObjectOutputTypeDef,
         ObjectIdentifierTypeDef,
@@ -251,13 +252,14 @@ def copy_if_unchanged(client: S3Client, bucket: str, key: str, target: str, *, e
     return True
 
 
-def delete_object(client: S3Client, bucket: str, key: str, *, version_id: str | None = None) -> None:
-    """DeleteObject: ``key`` (one version of it, with ``version_id``)."""
+def delete_object(
+    client: S3Client, bucket: str, key: str, *, version_id: str | None = None
+) -> DeleteObjectOutputTypeDef:
+    """DeleteObject: ``key`` (one version of it, with ``version_id``); S3's answer."""
     with wrap_errors("delete object", bucket):
         if version_id is None:
-            client.delete_object(Bucket=bucket, Key=key)
-        else:
-            client.delete_object(Bucket=bucket, Key=key, VersionId=version_id)
+            return client.delete_object(Bucket=bucket, Key=key)
+        return client.delete_object(Bucket=bucket, Key=key, VersionId=version_id)
 
 
 def delete_objects(
@@ -340,13 +342,41 @@ def list_objects(
     most two pages ahead of use, yielded in order. A shard that holds more
     keys than its neighbours then takes no more round trips than they do.
     """
-    narrow = exact_prefix(KeyRange(start_at, stop_before)) if start_at is not None else None
-    if narrow is not None and narrow.startswith(prefix):
-        # The range is exactly the keys under a longer prefix: list that, and
-        # S3 stops at the range's end instead of a page running past it.
-        prefix, start_at, stop_before = narrow, None, None
+    prefix, start_at, stop_before = narrowed(prefix, start_at, stop_before)
     for page in _pages(client, bucket, prefix, start_at, stop_before, page_size, splits):
         yield from page
+
+
+def narrowed(prefix: str, start_at: str | None, stop_before: str | None) -> tuple[str, str | None, str | None]:
+    """A listing's (prefix, start_at, stop_before), with a range that is
+    exactly the keys under a longer prefix turned into that prefix: S3 then
+    stops at the range's end instead of a page running past it."""
+    narrow = exact_prefix(KeyRange(start_at, stop_before)) if start_at is not None else None
+    if narrow is not None and narrow.startswith(prefix):
+        return narrow, None, None
+    return prefix, start_at, stop_before
+
+
+def just_below(key: str) -> str:
+    """A marker for an exclusive start (StartAfter, KeyMarker) that lists from
+    ``key``: "shows/e" plus the highest code point sorts after every real key
+    under "shows/e", so S3 does not send those again; any key beyond it but
+    below ``key`` is cut by ``clip``."""
+    return key[:-1] + chr(ord(key[-1]) - 1) + "\U0010ffff"
+
+
+_Keyed = TypeVar("_Keyed", bound=tuple[Any, ...])
+
+
+def clip(items: list[_Keyed], start_at: str | None, stop_before: str | None) -> tuple[list[_Keyed], bool]:
+    """A page's items (key first, in key order) cut to ``start_at <= key <
+    stop_before``, and whether the range ended within the page. Only a
+    page's ends can be out of range: the common page is left as it is."""
+    if start_at is not None and items and items[0][0] < start_at:
+        items = [i for i in items if i[0] >= start_at]
+    if stop_before is not None and items and items[-1][0] >= stop_before:
+        return [i for i in items if i[0] < stop_before], True
+    return items, False
 
 
 def _pages(
@@ -364,11 +394,8 @@ def _pages(
     if token is not None:
         params["ContinuationToken"] = token
     elif start_at is not None and start_at > prefix:
-        # StartAfter is exclusive: start just below start_at. "shows/e" plus
-        # the highest code point sorts after every real key under "shows/e",
-        # so S3 does not send those again; any key beyond it but below
-        # start_at is dropped below.
-        params["StartAfter"] = start_at[:-1] + chr(ord(start_at[-1]) - 1) + "\U0010ffff"
+        # StartAfter is exclusive: start just below start_at (see just_below).
+        params["StartAfter"] = just_below(start_at)
     # Only a new listing's first page may split it. Later pages add little
     # to the estimate, and a part split off splits only on its own first
     # page, so a wrong guess (keys bunched where the page did not show it)
@@ -384,16 +411,10 @@ def _pages(
             object_info((item["Key"], item["Size"], strip_etag(item.get("ETag")), item["LastModified"]))
             for item in contents
         ]
-        if start_at is not None and objects and objects[0].key < start_at:
-            objects = [o for o in objects if o.key >= start_at]
-        if stop_before is not None and objects and objects[-1].key >= stop_before:
-            objects = [o for o in objects if o.key < stop_before]
-            if objects:
-                yield objects
-            return
+        objects, ended = clip(objects, start_at, stop_before)
         if objects:
             yield objects
-        if not page.get("IsTruncated"):
+        if ended or not page.get("IsTruncated"):
             return
         token = params["ContinuationToken"] = page["NextContinuationToken"]
         params.pop("StartAfter", None)

@@ -71,7 +71,10 @@ def reconcile(args: argparse.Namespace, settings: Settings) -> int:
         grace_seconds=args.grace_seconds,
         force=bool(args.force),
         inventory=args.inventory,
+        versions=bool(args.versions),
     )
+    if options.versions and options.inventory:
+        raise UsageError("reconcile: --versions lists the bucket; it does not go with --inventory")
     progress: Progress | None = render.ReconcileBar(sys.stderr) if _terminal() else None
     with render.output(args.output, command="reconcile") as out:
         report = render.JsonlReport(out) if args.format == "jsonl" else render.TextReport(out)
@@ -137,6 +140,36 @@ def process_deletes(args: argparse.Namespace, settings: Settings) -> int:
         result["requeued"] = requeued
     render.print_json(result)
     return check(report)
+
+
+def erasures(args: argparse.Namespace, settings: Settings) -> int:
+    """The erasure record as JSON lines, oldest first."""
+    from trr_assets import db
+    from trr_assets import erasures as record
+
+    with db.connect(settings.database, autocommit=True) as conn:
+        render.json_lines(record.listed(conn, bucket=args.bucket, key=args.key, since=args.since))
+    return 0
+
+
+def listen(args: argparse.Namespace, settings: Settings) -> int:
+    """Until SIGTERM or SIGINT (the batch being applied is finished, messages
+    not applied yet go back to the queue), or with ``--once`` until the
+    queues are empty. Prints the counts; exit 1 when a receive or a batch failed."""
+    import signal
+    import threading
+
+    from trr_assets import listen as job
+
+    stop = threading.Event()
+    previous = {sig: signal.signal(sig, lambda *_: stop.set()) for sig in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        report = job.run(settings, once=args.once, stop=stop)
+    finally:
+        for sig, old in previous.items():
+            signal.signal(sig, old)
+    render.print_json(report.as_dict())
+    return check(report, prefix="listen: ")
 
 
 def worker(args: argparse.Namespace, settings: Settings) -> int:

@@ -27,6 +27,7 @@ orphaned objects: they are counted as ``in_quarantine``, never as orphans.
 
 from __future__ import annotations
 
+import dataclasses
 import threading
 import time
 from collections import Counter
@@ -38,7 +39,7 @@ from typing import Any
 import psycopg
 import structlog
 
-from trr_assets import db, diff, inventory, keys, scan, storage
+from trr_assets import db, diff, erasures, inventory, keys, reconcile_versions, scan, storage
 from trr_assets.config import Settings
 from trr_assets.diff import Batch, Diff
 from trr_assets.errors import (
@@ -280,12 +281,13 @@ class _Reconciler:
                 refused.append(judged.refusal)
             elif error is not None:
                 failed.append(f"bucket {bucket}: {error}")
+        counts: dict[str, Any] = {name: total[name] for name in (*SCAN_COUNTS, *REPAIR_COUNTS)}
         return ReconcileSummary(
             dry_run=not self.options.repair,
             buckets=tuple(self.buckets),
             prefix=self.prefix,
             source="inventory" if self.manifest else "listing",
-            **{name: total[name] for name in (*SCAN_COUNTS, *REPAIR_COUNTS)},
+            **counts,
             refused=refused,
             failed=failed,
             started_at=started_at,
@@ -326,6 +328,9 @@ def run(
     reference = min(started_at, manifest.created_at) if manifest and manifest.created_at else started_at
     cutoff = reference - timedelta(seconds=grace)
     run_by = options.run_by or history.default_run_by()
+    if options.repair:  # deletions a crashed run left half-recorded
+        with db.connect(settings.database, autocommit=True) as conn:
+            erasures.settle(conn, client, older_than_seconds=settings.deletes.settle_after_seconds)
     run_id = history.record_start(settings, not options.repair, buckets, prefix, run_by)
     log.info("reconcile_started", run_id=run_id, buckets=buckets, prefix=prefix, repair=options.repair,
              grace_seconds=grace, source="inventory" if manifest else "listing")
@@ -337,6 +342,10 @@ def run(
         history.record_finish(settings, run_id, "failed", {}, one_line(exc))
         raise
     summary = reconciler.summary(started_at, time.monotonic() - began, run_id)
+    if options.versions:
+        summary = _with_versions(summary, settings, options, client, buckets, prefix, cutoff, sink, started_at,
+                                 stop, run_id_=run_id)
+        summary = dataclasses.replace(summary, duration_seconds=time.monotonic() - began)
     errors = [*summary.refused, *summary.failed]
     history.record_finish(settings, run_id, history.outcome(summary), summary.counts(), "; ".join(errors) or None)
     log.info("reconcile_finished", run_id=run_id, drift=summary.drift, **summary.counts())
@@ -344,9 +353,45 @@ def run(
         raise ReconcileRefused("reconcile: " + "; ".join(summary.refused), summary)
     if summary.failed:
         raise ReconcileIncomplete("reconcile: " + "; ".join(summary.failed), summary)
-    if summary.action_errors:
-        raise ReconcileIncomplete(f"reconcile: {summary.action_errors} repairs failed (see the report)", summary)
+    if summary.all_action_errors:
+        raise ReconcileIncomplete(f"reconcile: {summary.all_action_errors} repairs failed (see the report)", summary)
     return summary
+
+
+def _with_versions(
+    summary: ReconcileSummary,
+    settings: Settings,
+    options: ReconcileOptions,
+    client: S3Client,
+    buckets: list[str],
+    prefix: str,
+    cutoff: datetime,
+    sink: Sink | None,
+    now: datetime,
+    stop: threading.Event | None,
+    *,
+    run_id_: int | None,
+) -> ReconcileSummary:
+    """``--versions``: run reconcile_versions over the same buckets; its
+    counts, refusals and failures join the summary."""
+    try:
+        states = reconcile_versions.VersionsPass(
+            settings, client, buckets, prefix, cutoff, repair=options.repair, force=options.force, sink=sink,
+            now=now, stop=stop,
+        ).execute()
+    except BaseException as exc:
+        if run_id_ is not None:
+            history.record_finish(settings, run_id_, "failed", {}, one_line(exc))
+        raise
+    refused, failed = list(summary.refused), list(summary.failed)
+    for bucket, state in states.items():
+        if options.repair and state.refusal:
+            refused.append(state.refusal)
+        elif state.error is not None:
+            failed.append(f"bucket {bucket} (versions): {state.error}")
+    names = reconcile_versions.SCAN_COUNTS + (reconcile_versions.REPAIR_COUNTS if options.repair else ())
+    by_bucket = {bucket: {name: state.counts[name] for name in names} for bucket, state in states.items()}
+    return dataclasses.replace(summary, refused=refused, failed=failed, versions_by_bucket=by_bucket)
 
 
 def _buckets(settings: Settings, options: ReconcileOptions, manifest: inventory.InventoryManifest | None) -> list[str]:

@@ -13,7 +13,7 @@ from typing import Any
 import psycopg
 import structlog
 
-from trr_assets import db, storage, writer
+from trr_assets import db, erasures, storage, writer
 from trr_assets.config import Settings
 from trr_assets.diff import Diff
 from trr_assets.errors import TrrAssetsError, one_line
@@ -135,12 +135,24 @@ class Repairs:
             target = self.settings.reconcile.quarantine_prefix + d.key
             if not storage.copy_if_unchanged(self.client, bucket, d.key, target, etag=head.etag, size=head.size):
                 return "skipped", {"reason": "changed"}
-            storage.delete_object(self.client, bucket, d.key)
+            self._delete_object(bucket, d, conn, erasures.BY_QUARANTINE)
             log.info("reconcile_object_quarantined", bucket=bucket, key=d.key, quarantine_key=target)
             return "quarantined", {"quarantine_key": target}
-        storage.delete_object(self.client, bucket, d.key)
+        self._delete_object(bucket, d, conn, erasures.BY_ORPHANED_OBJECT)
         log.info("reconcile_object_deleted", bucket=bucket, key=d.key)
         return "deleted", {}
+
+    def _delete_object(self, bucket: str, d: Diff, conn: psycopg.Connection[Any], deleted_by: str) -> None:
+        """Delete the object, recorded in the erasure record (see ``erasures``)."""
+
+        def delete() -> tuple[bool, str | None]:
+            answer = storage.delete_object(self.client, bucket, d.key)
+            return True, answer.get("VersionId") if answer.get("DeleteMarker") else None
+
+        size = d.obj.size if d.obj is not None else None
+        with db.wrap_errors(f"record the deletion of {d.key}"):
+            erasures.erase(conn, erasures.Item(bucket, d.key, "object", size_bytes=size),
+                           deleted_by=deleted_by, delete=delete)
 
     def _repair_row(self, bucket: str, d: Diff, conn: psycopg.Connection[Any]) -> tuple[str, dict[str, Any]]:
         assert d.row is not None

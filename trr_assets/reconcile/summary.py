@@ -7,6 +7,8 @@ from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import Any
 
+from trr_assets import reconcile_versions
+
 # Counters, in the order reports show them.
 SCAN_COUNTS = (
     "objects_scanned",
@@ -46,6 +48,7 @@ class ReconcileOptions:
     force: bool = False  # override max_deletes and max_delete_fraction
     inventory: str | None = None  # s3://BUCKET/PATH/manifest.json
     run_by: str | None = None  # recorded in the history; default user@host
+    versions: bool = False  # also versions, delete markers and multipart uploads (reconcile_versions)
 
 
 @dataclass(frozen=True)
@@ -77,27 +80,46 @@ class ReconcileSummary:
     started_at: datetime | None = None
     duration_seconds: float = 0.0
     run_id: int | None = None
+    # --versions: per bucket, the counts of reconcile_versions (None without --versions)
+    versions_by_bucket: dict[str, dict[str, int]] | None = None
 
     @property
     def drift(self) -> bool:
         """Anything an operator should look at (found, whether or not repaired)."""
-        return bool(self.orphaned_objects or self.orphaned_rows or self.mismatched or self.failed_deletes)
+        versions = self.version_counts()
+        return bool(self.orphaned_objects or self.orphaned_rows or self.mismatched or self.failed_deletes
+                    or versions.get("orphaned_versions") or versions.get("lone_delete_markers")
+                    or versions.get("stale_uploads"))
+
+    def version_counts(self) -> dict[str, int]:
+        """The --versions counts of every bucket, added up ({} without --versions)."""
+        if self.versions_by_bucket is None:
+            return {}
+        names = reconcile_versions.SCAN_COUNTS + (() if self.dry_run else reconcile_versions.REPAIR_COUNTS)
+        return {name: sum(b.get(name, 0) for b in self.versions_by_bucket.values()) for name in names}
+
+    @property
+    def all_action_errors(self) -> int:
+        """The failed repairs, of versions too."""
+        return self.action_errors + self.version_counts().get("version_action_errors", 0)
 
     @property
     def failures(self) -> tuple[str, ...]:
         """The refused buckets, the buckets not read whole, and the failed repairs."""
         errors = [*self.refused, *self.failed]
-        if self.action_errors:
-            errors.append(f"{self.action_errors} repairs failed (see the report)")
+        if self.all_action_errors:
+            errors.append(f"{self.all_action_errors} repairs failed (see the report)")
         return tuple(errors)
 
     def counts(self) -> dict[str, int]:
-        return {name: getattr(self, name) for name in (*SCAN_COUNTS, *REPAIR_COUNTS)}
+        return {**{name: getattr(self, name) for name in (*SCAN_COUNTS, *REPAIR_COUNTS)}, **self.version_counts()}
 
     def as_dict(self) -> dict[str, Any]:
+        extra = {} if self.versions_by_bucket is None else {"versions_by_bucket": self.versions_by_bucket}
         return {
             "dry_run": self.dry_run,
             **self.counts(),
+            **extra,
             "drift": self.drift,
             "refused": list(self.refused),
             "failed": list(self.failed),
