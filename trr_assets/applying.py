@@ -43,7 +43,7 @@ from typing import Any
 import psycopg
 import structlog
 
-from trr_assets import db, keys, storage, writer
+from trr_assets import db, keys, storage, storage_heads, writer
 from trr_assets.config import Settings
 from trr_assets.events import Event, Kind, newest_per_key
 from trr_assets.storage import ObjectInfo
@@ -51,6 +51,15 @@ from trr_assets.storage import ObjectInfo
 log = structlog.get_logger()
 
 _EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
+
+
+@dataclass(frozen=True)
+class Heads:
+    """How creations are HEADed: threads of ``pool`` through botocore, or
+    ``native`` (``storage_heads``) when the client allows it, as sync does."""
+
+    pool: Executor
+    native: storage_heads.HeadClient | None = None
 
 
 @dataclass(frozen=True)
@@ -84,7 +93,7 @@ def apply(
     events: Sequence[Event],
     *,
     settings: Settings,
-    heads: Executor,
+    heads: Heads,
 ) -> Outcome:
     """Apply ``events`` in one transaction on ``conn`` (committed on return)."""
     relevant, outcome = _sorted_out(events, settings)
@@ -139,7 +148,7 @@ def _claim(conn: psycopg.Connection[Any], newest: list[Event]) -> list[Event]:
 
 
 def _apply_bucket(
-    conn: psycopg.Connection[Any], s3: Any, bucket: str, todo: list[Event], *, settings: Settings, heads: Executor
+    conn: psycopg.Connection[Any], s3: Any, bucket: str, todo: list[Event], *, settings: Settings, heads: Heads
 ) -> Outcome:
     created = [e for e in todo if e.kind is Kind.CREATED]
     removed = [e for e in todo if e.kind is Kind.REMOVED]
@@ -161,7 +170,7 @@ def _create(
     created: list[Event],
     *,
     settings: Settings,
-    heads: Executor,
+    heads: Heads,
     rows: Counter[str],
 ) -> Outcome:
     """Write the rows of created objects with the row writer; HEAD only
@@ -181,7 +190,8 @@ def _create(
             write.append(ObjectInfo(event.key, event.size or 0, event.etag or "", event.event_time or _EPOCH))
     if not write:
         return Outcome()
-    counts = writer.upsert_objects(conn, s3, bucket, write, settings=settings, head_pool=heads)
+    counts = writer.upsert_objects(conn, s3, bucket, write, settings=settings, head_pool=heads.pool,
+                                   head_client=heads.native)
     for name in ("inserted", "updated", "unchanged", "pending_deletes", "vanished"):
         rows[name] += getattr(counts, name)
     return Outcome(skipped=counts.skipped, skipped_by_reason=dict(counts.skipped_by_reason))

@@ -36,7 +36,7 @@ from typing import Any
 
 import structlog
 
-from trr_assets import applying, db, events, logs, queues, storage
+from trr_assets import applying, db, events, logs, queues, storage, storage_heads
 from trr_assets.config import Settings
 from trr_assets.errors import ConfigError, MessageError, TrrAssetsError, one_line
 from trr_assets.queues import Message
@@ -182,8 +182,10 @@ class Listener:
                  once=self.once)
         try:
             db.open_pool(pool, connections=1, timeout_seconds=self.settings.database.connect_timeout_seconds)
-            with (ThreadPoolExecutor(self.settings.s3.head_concurrency, thread_name_prefix="trr-head") as heads,
+            with (ThreadPoolExecutor(self.settings.s3.head_concurrency, thread_name_prefix="trr-head") as pool_heads,
+                  storage_heads.for_client(s3, self.settings.s3) as native,
                   ThreadPoolExecutor(loops, thread_name_prefix="trr-listen-delete") as deleter):
+                heads = applying.Heads(pool_heads, native)
                 self._deleter = deleter  # deletes of committed batches, off the receivers' path
                 threads = [  # each with the caller's log context (the worker's job)
                     threading.Thread(target=contextvars.copy_context().run, args=(self._loop, q, s3, pool, heads),
@@ -208,7 +210,7 @@ class Listener:
 
     # -- one receiver
 
-    def _loop(self, q: _Queue, s3: Any, pool: Any, heads: ThreadPoolExecutor) -> None:
+    def _loop(self, q: _Queue, s3: Any, pool: Any, heads: applying.Heads) -> None:
         while not self.stop.is_set():
             try:
                 batch = self._receive(q)
@@ -250,7 +252,7 @@ class Listener:
             wait = 0
         return batch
 
-    def _handle(self, q: _Queue, batch: list[Message], s3: Any, pool: Any, heads: ThreadPoolExecutor) -> None:
+    def _handle(self, q: _Queue, batch: list[Message], s3: Any, pool: Any, heads: applying.Heads) -> None:
         parsed: list[Message] = []
         found: list[events.Event] = []
         failed = tests = 0
