@@ -166,7 +166,7 @@ def _csv_entries(
 def _columnar_entries(spool: IO[bytes], manifest: InventoryManifest, file_key: str, prefix: str) -> Iterator[Entry]:
     kind = "Parquet" if manifest.file_format == "PARQUET" else "ORC"
     try:
-        import pyarrow
+        import pyarrow  # type: ignore[import-untyped]
     except ImportError:
         raise StorageError(f"s3: inventory file {file_key}: reading {kind} reports needs pyarrow "
                            f"(pip install 'trr-assets[inventory]')") from None
@@ -197,13 +197,13 @@ def _columnar_entries(spool: IO[bytes], manifest: InventoryManifest, file_key: s
 def _batches(spool: IO[bytes], file_format: str, file_key: str) -> Iterator[Any]:
     """The file's record batches, only the columns inventory reads."""
     if file_format == "PARQUET":
-        import pyarrow.parquet
+        import pyarrow.parquet  # type: ignore[import-untyped]
 
         parquet = pyarrow.parquet.ParquetFile(spool)
         wanted = _wanted(parquet.schema_arrow.names, file_key)
         yield from parquet.iter_batches(batch_size=_BATCH_ROWS, columns=wanted)
         return
-    import pyarrow.orc
+    import pyarrow.orc  # type: ignore[import-untyped]
 
     orc = pyarrow.orc.ORCFile(spool)
     wanted = _wanted(orc.schema.names, file_key)
