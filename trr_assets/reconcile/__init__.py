@@ -355,8 +355,8 @@ def run(
                                  stop, run_id_=run_id)
         summary = dataclasses.replace(summary, duration_seconds=time.monotonic() - began)
     errors = [*summary.refused, *summary.failed]
-    history.record_finish(settings, run_id, history.outcome(summary), {**summary.counts(), "by_bucket": summary.by_bucket},
-                          "; ".join(errors) or None)
+    recorded = {**summary.counts(), "by_bucket": summary.by_bucket}
+    history.record_finish(settings, run_id, history.outcome(summary), recorded, "; ".join(errors) or None)
     log.info("reconcile_finished", run_id=run_id, drift=summary.drift, **summary.counts())
     if summary.refused:
         raise ReconcileRefused("reconcile: " + "; ".join(summary.refused), summary)
