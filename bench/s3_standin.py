@@ -260,8 +260,12 @@ async def _serve(server: Server, host: str, port: int) -> None:
     print(json.dumps({"endpoint": f"http://{bound[0]}:{bound[1]}", "objects": len(server.bucket.keys)}),
           flush=True)
     stdin_closed = loop.create_future()
-    loop.add_reader(sys.stdin.fileno(), lambda: stdin_closed.done() or (
-        not os.read(sys.stdin.fileno(), 4096) and stdin_closed.set_result(None)))
+
+    def on_stdin() -> None:
+        if not stdin_closed.done() and not os.read(sys.stdin.fileno(), 4096):
+            stdin_closed.set_result(None)
+
+    loop.add_reader(sys.stdin.fileno(), on_stdin)
     await stdin_closed
     listener.close()
 

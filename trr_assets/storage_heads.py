@@ -374,7 +374,7 @@ class HeadClient:
                                              server_hostname=origin.host if origin.secure else None),
                 self._connect_timeout,
             )
-        except (OSError, asyncio.TimeoutError, ssl.SSLError) as exc:
+        except (OSError, TimeoutError, ssl.SSLError) as exc:
             origin.opening -= 1
             reason = f"cannot connect to {origin.netloc}: {type(exc).__name__}: {exc}".rstrip(": ")
             if origin.waiting:  # the connection was for the next request: that try failed
