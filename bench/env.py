@@ -210,7 +210,8 @@ class Env:
 
         data: dict[str, Any] = {
             "database": {"url": db_url},
-            "s3": {"buckets": [BUCKET], "prefix": PREFIX},
+            # The bench bucket's region is named: presigning asks S3 for no region.
+            "s3": {"buckets": [BUCKET], "prefix": PREFIX, "bucket_regions": {BUCKET: "us-east-1"}},
             "reconcile": {"grace_seconds": 0},
             "logging": {"format": "json", "level": "warning"},
         }

@@ -61,7 +61,8 @@ def run_url_for_key(ctx: Context) -> Measured:
         figure=fig, baseline=base, ratio=ratio, ratio_text=f"{number(ratio)}× faster",
         met=fig.median >= 100_000 and ratio >= 30,
         notes=(f"one thread; GET URLs for {n:,} distinct keys (botocore: the first {n_baseline:,}), same "
-               f"client configuration (SigV4, {settings.s3.region}), {settings.presign.expires_seconds} s expiry.",),
+               f"client configuration (SigV4, {storage.configured_region(settings.s3)}), "
+               f"{settings.presign.expires_seconds} s expiry.",),
         extra={"urls": n, "baseline_urls": n_baseline},
     )
 

@@ -43,8 +43,8 @@ def _one_of(*choices: str) -> Check:
 
 
 def _setting(default: Any, check: Check | None = None) -> Any:
-    if isinstance(default, list):
-        return field(default_factory=lambda: list(default), metadata={"check": check})
+    if isinstance(default, (list, dict)):
+        return field(default_factory=lambda: type(default)(default), metadata={"check": check})
     return field(default=default, metadata={"check": check})
 
 
@@ -84,6 +84,21 @@ def _check_buckets(values: list[str]) -> str | None:
     return None
 
 
+def _check_region(value: str) -> str | None:
+    if not re.fullmatch(r"[a-z0-9][a-z0-9-]{0,62}", value):
+        return "must be a region name such as eu-west-1"
+    return None
+
+
+def _check_bucket_regions(values: dict[str, str]) -> str | None:
+    for bucket, region in values.items():
+        if _check_buckets([bucket]):
+            return f"has {bucket!r}, which is not a valid S3 bucket name"
+        if _check_region(region):
+            return f"has {region!r} for {bucket}, which is not a region name such as eu-west-1"
+    return None
+
+
 def _check_endpoint(value: str) -> str | None:
     if value and not re.match(r"^https?://[^/\s]+", value):
         return "must be empty or an http(s):// URL"
@@ -107,7 +122,10 @@ class DatabaseSettings:
 @dataclass(frozen=True, kw_only=True)
 class S3Settings:
     endpoint_url: str = _setting("", _check_endpoint)
-    region: str = _setting("us-east-1", lambda v: None if v else "must not be empty")
+    # Empty: the boto3 way (AWS_REGION, AWS_DEFAULT_REGION, the profile), else us-east-1.
+    region: str = _setting("", lambda v: _check_region(v) if v else None)
+    # {bucket: region}; a bucket not named here has its region discovered (presigning).
+    bucket_regions: dict[str, str] = _setting({}, lambda v: _check_bucket_regions(v))
     buckets: list[str] = _setting([], _check_buckets)
     prefix: str = _setting("shows/")
     key_pattern: str = _setting(r"^shows/(?P<show_id>[0-9a-fA-F-]{36})/", _check_key_pattern)
@@ -331,6 +349,8 @@ def _parse_env(raw: str, kind: Any, key: str, variable: str) -> Any:
         except ValueError:
             what = "a whole number" if kind is int else "a number"
             raise ConfigError(f"config: {key} must be {what}, got {raw!r} (from {variable})") from None
+    if typing.get_origin(kind) is dict:
+        return _parse_env_table(raw, key, variable)
     if typing.get_origin(kind) is list:
         text = raw.strip()
         if text.startswith("["):
@@ -342,6 +362,25 @@ def _parse_env(raw: str, kind: Any, key: str, variable: str) -> Any:
                 ) from None
         return [part.strip() for part in text.split(",") if part.strip()]
     return raw
+
+
+def _parse_env_table(raw: str, key: str, variable: str) -> dict[str, str]:
+    """A table from the environment: a TOML inline table (``{b = "eu-west-1"}``)
+    or comma-separated ``name=value`` pairs."""
+    text = raw.strip()
+    problem = f"config: {key} must be a TOML inline table or name=value pairs separated by commas (from {variable})"
+    if text.startswith("{"):
+        try:
+            return dict(tomllib.loads(f"v = {text}")["v"])
+        except tomllib.TOMLDecodeError:
+            raise ConfigError(problem) from None
+    table = {}
+    for pair in filter(None, (part.strip() for part in text.split(","))):
+        name, equals, value = pair.partition("=")
+        if not equals or not name.strip():
+            raise ConfigError(problem)
+        table[name.strip()] = value.strip()
+    return table
 
 
 def _coerce(value: Any, kind: Any, key: str, origin: str) -> Any:
@@ -361,6 +400,10 @@ def _coerce(value: Any, kind: Any, key: str, origin: str) -> Any:
         if isinstance(value, list) and all(isinstance(v, str) for v in value):
             return list(value)
         raise ConfigError(f"config: {key} must be a list of strings{origin}")
+    if typing.get_origin(kind) is dict:
+        if isinstance(value, dict) and all(isinstance(v, str) for v in value.values()):
+            return dict(value)
+        raise ConfigError(f"config: {key} must be a table of strings{origin}")
     if isinstance(value, str):
         return value
     raise ConfigError(f"config: {key} must be a string{origin}")

@@ -40,13 +40,14 @@ from trr_assets.errors import (
     ConfigError,
     TrrAssetsError,
     UploadRefused,
-    UsageError,
 )
 from trr_assets.sigv4 import QuerySigner
 
 if TYPE_CHECKING:
     import psycopg
     from psycopg_pool import ConnectionPool
+
+    from trr_assets.bucket_regions import BucketClients
 
 __all__ = [
     "AssetNotFound",
@@ -55,7 +56,6 @@ __all__ = [
     "QuerySigner",
     "UploadGrant",
     "UploadRefused",
-    "cli_url",
     "safe_filename",
     "signing_window",
 ]
@@ -211,6 +211,7 @@ class Presigner:
         self._pool: ConnectionPool | None = None
         self._signer: QuerySigner | None = None
         self._client: Any = None
+        self._buckets: BucketClients | None = None
         self._closed = False
 
     @classmethod
@@ -228,10 +229,12 @@ class Presigner:
         """Close the pool and the S3 client; the presigner cannot be used after."""
         with self._lock:
             self._closed = True
-            pool, client = self._pool, self._client
-            self._pool = self._signer = self._client = None
+            pool, client, buckets = self._pool, self._client, self._buckets
+            self._pool = self._signer = self._client = self._buckets = None
         if pool is not None:
             pool.close()
+        if buckets is not None:
+            buckets.close()
         if client is not None:
             client.close()
 
@@ -482,43 +485,22 @@ class Presigner:
             self._check_open()
             if self._signer is None:
                 from trr_assets import storage
+                from trr_assets.bucket_regions import BucketClients
 
+                # Each bucket's URLs are signed for the region it lives in.
                 self._client = storage.make_client(self.settings.s3)
-                self._signer = QuerySigner(self._client)
+                self._buckets = BucketClients(self.settings.s3, self._client)
+                self._signer = QuerySigner(self._client, client_for_bucket=self._buckets.client_for)
             return self._signer
 
     def _check_open(self) -> None:
         if self._closed:
             raise TrrAssetsError("presign: the presigner is closed")
 
-    def _locate(self, asset_id: uuid.UUID) -> tuple[str, str]:
-        """(bucket, key) of an asset, as the service sees it."""
+    def locate(self, asset_id: uuid.UUID) -> tuple[str, str]:
+        """(bucket, key) of an asset, as the service sees it (no RLS check;
+        service code only). ``AssetNotFound`` when there is no such row."""
         rows = self._select("presign_find_asset", {"id": asset_id}, None)
         if not rows:
             raise AssetNotFound(f"no asset with id {asset_id}")
         return rows[0][1], rows[0][2]
-
-
-# --- the CLI -------------------------------------------------------------------
-
-
-def cli_url(settings: Settings, target: str, *, method: str, expires: int | None) -> str:
-    """The URL ``trr-assets presign`` prints: ``target`` is an asset id (looked
-    up as the service; no row is ``AssetNotFound``, exit 1) or
-    ``s3://BUCKET/KEY`` (signed as is). Bad arguments are ``UsageError``."""
-    if expires is not None and not 1 <= expires <= SIGV4_MAX_EXPIRES_SECONDS:
-        raise UsageError(f"presign: --expires must be between 1 and {SIGV4_MAX_EXPIRES_SECONDS}, got {expires}")
-    asset_id: uuid.UUID | None = None
-    if target.startswith("s3://"):
-        bucket, _, key = target[len("s3://") :].partition("/")
-        if not bucket or not key:
-            raise UsageError(f"presign: {target!r} is not s3://BUCKET/KEY")
-    else:
-        try:
-            asset_id = _parse_uuid(target, "asset id")
-        except ValueError:
-            raise UsageError(f"presign: {target!r} is neither an asset id (a UUID) nor s3://BUCKET/KEY") from None
-    with Presigner(settings) as presigner:
-        if asset_id is not None:
-            bucket, key = presigner._locate(asset_id)
-        return presigner.url_for_key(bucket, key, method, expires)

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import email.utils
 import functools
+import os
 import queue
 import re
 import threading
@@ -68,9 +69,10 @@ def make_client(settings: S3Settings, *, max_pool_connections: int | None = None
     """
     if max_pool_connections is None:
         max_pool_connections = max(32, 2 * settings.list_concurrency + settings.head_concurrency)
+    region = configured_region(settings)
     config = botocore.config.Config(
         signature_version="s3v4",
-        region_name=settings.region,
+        region_name=region,
         # botocore's "max_attempts" counts retries only; s3.max_attempts
         # counts every try, the first included, which is "total_max_attempts".
         retries={"mode": settings.retry_mode, "total_max_attempts": settings.max_attempts},
@@ -82,10 +84,53 @@ def make_client(settings: S3Settings, *, max_pool_connections: int | None = None
     with _session_lock:
         core = botocore.session.get_session()
         core.get_component("response_parser_factory").set_parser_defaults(timestamp_parser=parse_timestamp)
-        session = boto3.session.Session(botocore_session=core, region_name=settings.region)
+        session = boto3.session.Session(botocore_session=core, region_name=region)
         client = session.client("s3", endpoint_url=settings.endpoint_url or None, config=config)
     _use_fast_listing_parser(client)
     return client
+
+
+def configured_region(settings: S3Settings) -> str:
+    """The region clients are made for: ``s3.region`` when set (the file, or
+    ``TRR_ASSETS_S3_REGION``), else the boto3 way (``AWS_REGION``,
+    ``AWS_DEFAULT_REGION``, the profile's ``region``), else us-east-1."""
+    if settings.region:
+        return settings.region
+    if os.environ.get("AWS_REGION"):
+        return os.environ["AWS_REGION"]
+    with _session_lock:
+        # AWS_DEFAULT_REGION, else the region of AWS_PROFILE's (or the default) profile.
+        region = botocore.session.get_session().get_config_variable("region")
+    return str(region) if region else "us-east-1"
+
+
+def bucket_region(client: Any, bucket: str) -> str:
+    """The region ``bucket`` lives in, asked of S3 with one cheap call.
+
+    HeadBucket answers with the region in ``x-amz-bucket-region``, on success
+    and on most refusals (403, a redirect from another region), whatever the
+    endpoint's addressing style; where that header is missing (some
+    S3-compatible stores), GetBucketLocation. A region that cannot be found
+    is a one-line ``StorageError``.
+    """
+    what = f"s3: cannot find the region of bucket {bucket}"
+    try:
+        headers = client.head_bucket(Bucket=bucket)["ResponseMetadata"]["HTTPHeaders"]
+    except botocore.exceptions.ClientError as exc:
+        headers = exc.response.get("ResponseMetadata", {}).get("HTTPHeaders", {})
+        if not headers.get("x-amz-bucket-region") and error_code(exc) in _MISSING_BUCKET_CODES:
+            raise StorageError(f"{what}: it does not exist or is not visible") from exc
+    except botocore.exceptions.BotoCoreError as exc:
+        raise StorageError(f"{what}: {str(wrapped(exc, 'head bucket')).removeprefix('s3: ')}") from exc
+    region = headers.get("x-amz-bucket-region")
+    if region:
+        return str(region)
+    try:
+        location = client.get_bucket_location(Bucket=bucket).get("LocationConstraint")
+    except (botocore.exceptions.ClientError, botocore.exceptions.BotoCoreError) as exc:
+        raise StorageError(f"{what}: {str(wrapped(exc, 'get bucket location')).removeprefix('s3: ')}") from exc
+    # No constraint is us-east-1; "EU" is the old name of eu-west-1.
+    return {None: "us-east-1", "": "us-east-1", "EU": "eu-west-1"}.get(location, str(location))
 
 
 def parse_timestamp(value: Any) -> datetime:

@@ -15,7 +15,7 @@ def test_defaults_match_the_contract():
     """With no file and no environment, every key has SPEC.md's default."""
     s = settings_from_mapping({})
     assert s.database.url == "postgresql://postgres@localhost:5432/postgres"
-    assert (s.s3.endpoint_url, s.s3.region, s.s3.buckets, s.s3.prefix) == ("", "us-east-1", [], "shows/")
+    assert (s.s3.endpoint_url, s.s3.region, s.s3.buckets, s.s3.prefix) == ("", "", [], "shows/")
     assert s.s3.key_pattern == r"^shows/(?P<show_id>[0-9a-fA-F-]{36})/"
     assert (s.sync.interval_seconds, s.deletes.interval_seconds, s.deletes.max_attempts) == (300, 10, 12)
     assert (s.reconcile.schedule, s.reconcile.grace_seconds) == ("17 * * * *", 86400)

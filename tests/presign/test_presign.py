@@ -336,7 +336,9 @@ def test_upload_bucket_is_configurable(db_url, aws_env, conn):
     """presign.upload_bucket wins over the first of s3.buckets; with neither, a ConfigError and no row."""
     show = make_show(conn)
     args = {"show_id": show, "filename": "a.png", "content_type": "image/png", "size_bytes": 1}
-    with Presigner(make_settings(db_url, presign={"upload_bucket": "uploads-here"})) as presigner:
+    settings = make_settings(db_url, s3={"bucket_regions": {"uploads-here": "us-east-1"}},
+                             presign={"upload_bucket": "uploads-here"})
+    with Presigner(settings) as presigner:
         assert presigner.upload_url(**args).bucket == "uploads-here"
     with Presigner(make_settings(db_url, s3={"buckets": []})) as presigner:
         with pytest.raises(ConfigError, match="upload_bucket"):
@@ -383,7 +385,11 @@ def test_safe_filename_never_escapes_its_segment(name, extension):
 def _config(tmp_path: Path, db_url: str) -> str:
     path = tmp_path / "config.toml"
     url = db_url.replace("\\", "\\\\").replace('"', '\\"')
-    path.write_text(f'[database]\nurl = "{url}"\n[s3]\nbuckets = ["{TEST_BUCKET}"]\n[logging]\nformat = "json"\n')
+    path.write_text(
+        f'[database]\nurl = "{url}"\n[s3]\nbuckets = ["{TEST_BUCKET}"]\n'
+        f'bucket_regions = {{ {TEST_BUCKET} = "us-east-1", other-bucket = "us-east-1" }}\n'
+        '[logging]\nformat = "json"\n'
+    )
     return str(path)
 
 

@@ -252,7 +252,9 @@ def test_signing_window_keeps_urls_alive_and_within_sigv4_limit(now, expires, wi
 
 
 def _presigner(clock: Any, **presign: Any) -> Presigner:
-    return Presigner(settings_from_mapping({"s3": {"buckets": ["trr-assets"]}, "presign": presign}), clock=clock)
+    return Presigner(settings_from_mapping(
+        {"s3": {"buckets": ["trr-assets"], "bucket_regions": {"trr-assets": "us-east-1"}}, "presign": presign}
+    ), clock=clock)
 
 
 def test_cache_window_makes_the_same_url_for_the_whole_window(aws_env):

@@ -65,7 +65,7 @@ def make_settings(db_url: str, **sections: dict[str, Any]) -> Settings:
     """Settings for tests: this database, the test bucket, no grace."""
     data: dict[str, Any] = {
         "database": {"url": db_url},
-        "s3": {"buckets": [TEST_BUCKET]},
+        "s3": {"buckets": [TEST_BUCKET], "bucket_regions": {TEST_BUCKET: "us-east-1"}},
         "reconcile": {"grace_seconds": 0},
         "logging": {"format": "json"},
     }

@@ -10,10 +10,11 @@ from __future__ import annotations
 
 import argparse
 import sys
+import uuid
 from typing import TYPE_CHECKING
 
 from trr_assets.cli import render
-from trr_assets.config import Settings
+from trr_assets.config import SIGV4_MAX_EXPIRES_SECONDS, Settings
 from trr_assets.errors import DriftFound, PartialFailure, Summary, UsageError
 
 if TYPE_CHECKING:
@@ -90,9 +91,28 @@ def reconcile(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def presign(args: argparse.Namespace, settings: Settings) -> int:
-    from trr_assets import presign as urls
+    """Print the URL of ``args.target``: an asset id (looked up as the
+    service; no row is ``AssetNotFound``, exit 1) or ``s3://BUCKET/KEY``
+    (signed as is). Bad arguments are ``UsageError`` (exit 2)."""
+    from trr_assets.presign import Presigner
 
-    print(urls.cli_url(settings, args.target, method=args.method, expires=args.expires))
+    target, expires = args.target, args.expires
+    if expires is not None and not 1 <= expires <= SIGV4_MAX_EXPIRES_SECONDS:
+        raise UsageError(f"presign: --expires must be between 1 and {SIGV4_MAX_EXPIRES_SECONDS}, got {expires}")
+    asset_id: uuid.UUID | None = None
+    if target.startswith("s3://"):
+        bucket, _, key = target[len("s3://") :].partition("/")
+        if not bucket or not key:
+            raise UsageError(f"presign: {target!r} is not s3://BUCKET/KEY")
+    else:
+        try:
+            asset_id = uuid.UUID(target)
+        except ValueError:
+            raise UsageError(f"presign: {target!r} is neither an asset id (a UUID) nor s3://BUCKET/KEY") from None
+    with Presigner(settings) as presigner:
+        if asset_id is not None:
+            bucket, key = presigner.locate(asset_id)
+        print(presigner.url_for_key(bucket, key, args.method, expires))
     return 0
 
 
