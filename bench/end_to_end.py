@@ -55,9 +55,10 @@ class Pass:
 class StandIn:
     """A ``bench.s3_standin`` process holding ``objects`` objects."""
 
-    def __init__(self, objects: int, *, delay: float = DELAY_SECONDS) -> None:
+    def __init__(self, objects: int, *, delay: float = DELAY_SECONDS, versions_per_key: int = 1) -> None:
         self.process = subprocess.Popen(
-            [sys.executable, "-m", "bench.s3_standin", "--objects", str(objects), "--delay", str(delay)],
+            [sys.executable, "-m", "bench.s3_standin", "--objects", str(objects), "--delay", str(delay),
+             "--versions-per-key", str(versions_per_key)],
             stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
         )
         assert self.process.stdout is not None

@@ -12,6 +12,10 @@ list of keys, no bodies. It answers, path-style, what sync asks of S3:
   ``encoding-type=url``, in S3's order with S3's XML;
 - ``HEAD /B/KEY`` (HeadObject): Content-Type, Content-Length, ETag,
   Last-Modified and an ``owner-id`` metadata header, or a bodiless 404;
+- ``GET /B?versions`` (ListObjectVersions) with ``prefix``, ``key-marker``,
+  ``version-id-marker`` and ``max-keys``: each object has
+  ``--versions-per-key`` versions (ids ``v0``, ``v1``, ...; the highest is
+  the current one), no delete markers;
 - ``HEAD /B`` (HeadBucket); anything else gets S3's ``NotImplemented`` error.
 
 ``GET /__bench/stats`` answers (at once) with the requests served so far by
@@ -53,8 +57,9 @@ def owner_of(number: int) -> str:
 class Bucket:
     """``objects`` synthetic objects of ``bench.data``, by key."""
 
-    def __init__(self, name: str, objects: int) -> None:
+    def __init__(self, name: str, objects: int, versions_per_key: int = 1) -> None:
         self.name = name
+        self.versions_per_key = versions_per_key
         shows = data.show_ids(max(1, objects // PER_SHOW)) if objects else []
         self.keys = list(data.keys(shows, PER_SHOW))[:objects]
         self._numbers = {key: int(key[-11:-4]) for key in self.keys}
@@ -76,6 +81,31 @@ class Bucket:
             i += 1
         more = i < len(self.keys) and self.keys[i].startswith(prefix)
         return keys, more
+
+
+    def version_page(self, prefix: str, key_marker: str | None, version_marker: str | None,
+                     max_keys: int) -> tuple[list[tuple[str, int]], bool]:
+        """Up to ``max_keys`` (key, version number) pairs after the markers, newest version first."""
+        per = self.versions_per_key
+        start = bisect.bisect_left(self.keys, prefix)
+        first_version = per - 1
+        if key_marker is not None:
+            i = bisect.bisect_right(self.keys, key_marker)
+            if version_marker is not None and i > 0 and self.keys[i - 1] == key_marker:
+                left = int(version_marker.lstrip("v")) - 1  # the next older version of the marker's key
+                if left >= 0:
+                    i, first_version = i - 1, left
+            start = max(start, i)
+        out: list[tuple[str, int]] = []
+        i, version = start, first_version
+        while i < len(self.keys) and self.keys[i].startswith(prefix):
+            if len(out) == max_keys:
+                return out, True
+            out.append((self.keys[i], version))
+            version -= 1
+            if version < 0:
+                i, version = i + 1, per - 1
+        return out, False
 
 
 def _token(key: str) -> str:
@@ -147,6 +177,9 @@ class Server:
         if not key and method == "GET" and query.get("list-type") == "2":
             self.counts["list"] += 1
             return self._list(query), True
+        if not key and method == "GET" and "versions" in query:
+            self.counts["list_versions"] += 1
+            return self._list_versions(query), True
         self.counts["other"] += 1
         return _error("501 Not Implemented", "NotImplemented", f"{method} {parts.path} is not served here",
                       head=head), True
@@ -199,6 +232,35 @@ class Server:
                        f"<ETag>&quot;{data.etag_of(number)}&quot;</ETag><Size>{data.size_of(number)}</Size>"
                        f"<StorageClass>STANDARD</StorageClass></Contents>")
         out.append("</ListBucketResult>")
+        return _response("200 OK", [("Content-Type", "application/xml")], "".join(out).encode())
+
+    def _list_versions(self, query: dict[str, str]) -> bytes:
+        prefix = query.get("prefix", "")
+        try:
+            max_keys = max(1, min(1000, int(query.get("max-keys", "1000"))))
+        except ValueError:
+            return _error("400 Bad Request", "InvalidArgument", "bad max-keys")
+        found, more = self.bucket.version_page(prefix, query.get("key-marker"), query.get("version-id-marker"),
+                                               max_keys)
+        out = [f'<?xml version="1.0" encoding="UTF-8"?>\n<ListVersionsResult xmlns="{_NS}">',
+               f"<Name>{self.bucket.name}</Name><Prefix>{escape(prefix)}</Prefix>"
+               f"<KeyMarker>{escape(query.get('key-marker', ''))}</KeyMarker>"
+               f"<VersionIdMarker>{escape(query.get('version-id-marker', ''))}</VersionIdMarker>"
+               f"<MaxKeys>{max_keys}</MaxKeys><IsTruncated>{'true' if more else 'false'}</IsTruncated>"]
+        if more:
+            out.append(f"<NextKeyMarker>{escape(found[-1][0])}</NextKeyMarker>"
+                       f"<NextVersionIdMarker>v{found[-1][1]}</NextVersionIdMarker>")
+        numbers = self.bucket._numbers
+        latest = self.bucket.versions_per_key - 1
+        for key, version in found:
+            number = numbers[key]
+            out.append(f"<Version><Key>{escape(key)}</Key><VersionId>v{version}</VersionId>"
+                       f"<IsLatest>{'true' if version == latest else 'false'}</IsLatest>"
+                       f"<LastModified>{_LIST_DATE}</LastModified><ETag>&quot;{data.etag_of(number)}&quot;</ETag>"
+                       f"<Size>{data.size_of(number)}</Size><StorageClass>STANDARD</StorageClass>"
+                       f"<Owner><ID>75aa57f09aa0c8caeab4f8c24e99d10f8e7faeebf76c078efc7c6caea54ba06a</ID></Owner>"
+                       f"</Version>")
+        out.append("</ListVersionsResult>")
         return _response("200 OK", [("Content-Type", "application/xml")], "".join(out).encode())
 
     def _control(self, method: str, path: str) -> bytes:
@@ -276,8 +338,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--delay", type=float, default=0.02, help="seconds each S3 request takes (default 0.02)")
     parser.add_argument("--bucket", default=data.BUCKET)
     parser.add_argument("--port", type=int, default=0)
+    parser.add_argument("--versions-per-key", type=int, default=1, help="versions each object has (default 1)")
     args = parser.parse_args(argv)
-    server = Server(Bucket(args.bucket, args.objects), args.delay)
+    server = Server(Bucket(args.bucket, args.objects, max(1, args.versions_per_key)), args.delay)
     asyncio.run(_serve(server, "127.0.0.1", args.port))
 
 

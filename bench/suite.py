@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from bench import draining, end_to_end, importing, listing, merging, presigning, reconciling
+from bench import draining, end_to_end, importing, listing, merging, presigning, reconciling, version_listing
 from bench.harness import Benchmark
 
 BENCHMARKS: tuple[Benchmark, ...] = (
@@ -19,6 +19,7 @@ BENCHMARKS: tuple[Benchmark, ...] = (
     reconciling.BENCHMARK,
     listing.BENCHMARK,
     draining.BENCHMARK,
+    version_listing.BENCHMARK,
 )
 
 BY_NAME = {b.name: b for b in BENCHMARKS}

@@ -160,6 +160,9 @@ class DeletesSettings:
     batch_size: int = _setting(1000, _between(1, 100000))
     backoff_base_seconds: float = _setting(10.0, _at_least(0))
     backoff_max_seconds: float = _setting(3600.0, _at_least(0))
+    # An erasure intent older than this was left by a process that died
+    # mid-deletion: the next drain or repair settles it (see erasures.py).
+    settle_after_seconds: float = _setting(900.0, _at_least(0))
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -173,6 +176,11 @@ class ReconcileSettings:
     quarantine_prefix: str = _setting(
         "quarantine/", lambda v: None if v.endswith("/") and len(v) > 1 else "must end with /"
     )
+    # reconcile --versions: repairs of versioned buckets and multipart uploads.
+    incomplete_uploads: str = _setting("report", _one_of("report", "abort"))
+    incomplete_upload_days: int = _setting(7, _at_least(0))
+    orphaned_versions: str = _setting("report", _one_of("report", "delete"))
+    lone_delete_markers: str = _setting("report", _one_of("report", "delete"))
 
 
 @dataclass(frozen=True, kw_only=True)

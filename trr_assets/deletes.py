@@ -32,18 +32,19 @@ already deleted the entry: nothing is deleted. No lock on a
 
 from __future__ import annotations
 
+import contextlib
 import re
 import time
 import uuid
-from concurrent.futures import ThreadPoolExecutor
 from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import psycopg
 import structlog
 
-from trr_assets import db, storage
+from trr_assets import db, erasures, storage, storage_versions
 from trr_assets.config import DeletesSettings, Settings
 from trr_assets.errors import StorageError
 
@@ -149,6 +150,9 @@ class _Outcome:
     refused: dict[int, str] = field(default_factory=dict)
     in_failed_call: set[int] = field(default_factory=set)  # refused because a whole request failed
     requests: int = 0
+    erased: list[tuple[int, str | None]] = field(default_factory=list)  # (intent, delete marker placed)
+    not_erased: list[int] = field(default_factory=list)  # intents S3 did not confirm
+    checks: list[tuple[str, str, int]] = field(default_factory=list)  # all_versions: versions left per key
 
     @property
     def call_failed(self) -> bool:
@@ -212,14 +216,19 @@ def drain(
     if client is None:
         client = storage.make_client(settings.s3)
     seen: list[int] = []  # ids refused in this run
-    with db.connect(settings.database, autocommit=True, application_name=DRAIN_APPLICATION_NAME) as conn:
+    side = _Side(settings)
+    with (
+        contextlib.closing(side),
+        db.connect(settings.database, autocommit=True, application_name=DRAIN_APPLICATION_NAME) as conn,
+    ):
+        erasures.settle(conn, client, older_than_seconds=settings.deletes.settle_after_seconds)
         while limit is None or tally.taken < limit:
             if should_stop is not None and should_stop():
                 break
             room = settings.deletes.batch_size
             if limit is not None:
                 room = min(room, limit - tally.taken)
-            taken, call_failed = _drain_batch(conn, client, settings.deletes, scope, seen, room, tally)
+            taken, call_failed = _drain_batch(conn, side, client, settings.deletes, scope, seen, room, tally)
             if not taken or call_failed:
                 break
         pending, failed = _queue_counts(conn, scope)
@@ -292,6 +301,7 @@ def requeue_failed(settings: Settings, *, bucket: str | None = None) -> int:
 
 def _drain_batch(
     conn: psycopg.Connection[Any],
+    side: _Side,
     client: Any,
     config: DeletesSettings,
     scope: _Scope | None,
@@ -310,12 +320,17 @@ def _drain_batch(
         for entry in entries:
             if entry.id in live:
                 log.warning("delete_skipped_live_row", bucket=entry.bucket, key=entry.key)
-        outcome = _delete_objects(client, [e for e in entries if e.id not in live], all_versions=config.all_versions)
-        # Only now, with S3's answer in hand, do entries leave the queue; if
-        # this transaction never commits, they are all still there.
+        outcome = _delete_objects(client, [e for e in entries if e.id not in live],
+                                  all_versions=config.all_versions, side=side)
+        # Only now, with S3's answer in hand, do entries leave the queue and
+        # the deletions become erasures; if this transaction never commits,
+        # the entries are all still there and the intents still open.
         done = sorted(outcome.confirmed | live)
         if done:
             conn.execute(db.query("complete_deletes"), {"ids": done})
+        erasures.confirm(conn, [i for i, _ in outcome.erased], [m for _, m in outcome.erased])
+        erasures.drop(conn, outcome.not_erased)
+        erasures.record_checks(conn, outcome.checks, deleted_by=erasures.BY_DRAIN)
         rescheduled = _reschedule(conn, config, outcome.refused)
     # Rescheduled entries may be due again at once (no backoff configured):
     # they wait for the next run. Completed ones are gone from the table.
@@ -373,95 +388,140 @@ def _report_refused(rescheduled: Sequence[tuple[Any, ...]], outcome: _Outcome, t
 # --- S3 --------------------------------------------------------------------------
 
 
-def _delete_objects(client: Any, entries: Sequence[_Entry], *, all_versions: bool) -> _Outcome:
-    """Delete the entries' objects, per bucket, and say which S3 confirmed."""
+@dataclass(frozen=True, slots=True)
+class _Target:
+    """One object (or, with ``all_versions``, one version) to delete, and its intent in the erasure record."""
+
+    entry: _Entry
+    obj: dict[str, str]  # {"Key": ...} or {"Key": ..., "VersionId": ...}
+    intent: int = 0
+
+
+def _delete_objects(client: Any, entries: Sequence[_Entry], *, all_versions: bool, side: _Side) -> _Outcome:
+    """Delete the entries' objects, per bucket, and say which S3 confirmed.
+
+    What is about to be deleted is first recorded as intended (on ``side``,
+    committed); what S3 confirms is then in ``outcome.erased`` for the
+    batch's transaction to confirm (see ``erasures``).
+    """
     outcome = _Outcome()
     by_bucket: dict[str, list[_Entry]] = {}
     for entry in entries:
         by_bucket.setdefault(entry.bucket, []).append(entry)
     for bucket, group in by_bucket.items():
-        targets = _targets(client, bucket, group, outcome) if all_versions else [(e, {"Key": e.key}) for e in group]
-        pending = {e.id for e, _ in targets}
+        if all_versions:
+            listed = _targets(client, bucket, group, outcome)
+        else:
+            listed = [(e, {"Key": e.key}, None) for e in group]
+        pending = {e.id for e, _, _ in listed}
         # Entries with nothing to delete (no version left) are done already.
         outcome.confirmed.update(e.id for e in group if e.id not in pending and e.id not in outcome.refused)
-        safe = [t for t in targets if not _XML_UNSAFE.search(t[1]["Key"])]
-        unsafe = [t for t in targets if _XML_UNSAFE.search(t[1]["Key"])]
+        items = [
+            erasures.Item(bucket, obj["Key"], _kind(obj, size), obj.get("VersionId"), size_bytes=size)
+            for _, obj, size in listed
+        ]
+        intents = erasures.intend(side.conn(), items, deleted_by=erasures.BY_DRAIN)
+        targets = [_Target(e, obj, intent) for (e, obj, _), intent in zip(listed, intents, strict=True)]
+        safe = [t for t in targets if not _XML_UNSAFE.search(t.obj["Key"])]
+        unsafe = [t for t in targets if _XML_UNSAFE.search(t.obj["Key"])]
         for start in range(0, len(safe), MAX_KEYS_PER_REQUEST):
             _delete_chunk(client, bucket, safe[start : start + MAX_KEYS_PER_REQUEST], outcome)
         for target in unsafe:
             _delete_one(client, bucket, target, outcome)
+        if all_versions:
+            _check_none_remain(client, bucket, group, outcome)
     return outcome
+
+
+def _kind(obj: dict[str, str], size: int | None) -> str:
+    if "VersionId" not in obj:
+        return "object"
+    return "delete_marker" if size is None else "version"
 
 
 def _targets(
     client: Any, bucket: str, group: Sequence[_Entry], outcome: _Outcome
-) -> list[tuple[_Entry, dict[str, str]]]:
-    """Every version and delete marker of each entry's key (``all_versions``).
+) -> list[tuple[_Entry, dict[str, str], int | None]]:
+    """Every version and delete marker of each entry's key (``all_versions``),
+    with the version's size (None for a delete marker).
 
     One listing per key, a few at a time: the batch's locks are held
     meanwhile, so the listings should not take longer than they must.
     """
-
-    def listed(entry: _Entry) -> list[str] | StorageError:
-        try:
-            return list(_versions_of(client, bucket, entry.key))
-        except StorageError as exc:
-            return exc
-
-    targets: list[tuple[_Entry, dict[str, str]]] = []
-    with ThreadPoolExecutor(max_workers=_VERSION_LISTING_THREADS, thread_name_prefix="trr-versions") as pool:
-        for entry, versions in zip(group, pool.map(listed, group), strict=True):
-            if isinstance(versions, StorageError):
-                log.warning("list_object_versions_failed", bucket=bucket, key=entry.key, error=str(versions))
-                outcome.refuse([entry], str(versions), whole_call=True)
-                continue
-            targets.extend((entry, {"Key": entry.key, "VersionId": version}) for version in versions)
+    targets: list[tuple[_Entry, dict[str, str], int | None]] = []
+    for entry, versions in _listed_versions(client, bucket, group):
+        if isinstance(versions, StorageError):
+            log.warning("list_object_versions_failed", bucket=bucket, key=entry.key, error=str(versions))
+            outcome.refuse([entry], str(versions), whole_call=True)
+            continue
+        targets.extend(
+            (entry, {"Key": entry.key, "VersionId": v.version_id}, None if v.is_delete_marker else v.size)
+            for v in versions
+        )
     return targets
 
 
-def _versions_of(client: Any, bucket: str, key: str) -> Iterator[str]:
-    """The version ids (delete markers included) of exactly ``key``."""
-    params: dict[str, Any] = {"Bucket": bucket, "Prefix": key}
-    while True:
-        with storage.wrap_errors("list object versions", bucket):
-            page = client.list_object_versions(**params)
-        for item in [*page.get("Versions", ()), *page.get("DeleteMarkers", ())]:
-            if item["Key"] == key:
-                yield item["VersionId"]
-        # Listings are in key order and ``key`` sorts first among the keys it
-        # prefixes: once the listing has moved past it, it is done.
-        if not page.get("IsTruncated") or page.get("NextKeyMarker") != key:
-            return
-        params["KeyMarker"] = page["NextKeyMarker"]
-        params["VersionIdMarker"] = page["NextVersionIdMarker"]
+def _listed_versions(
+    client: Any, bucket: str, group: Sequence[_Entry]
+) -> Iterator[tuple[_Entry, list[storage_versions.VersionInfo] | StorageError]]:
+    """Each entry's versions (or why they could not be listed), a few listings at a time."""
+
+    def listed(entry: _Entry) -> list[storage_versions.VersionInfo] | StorageError:
+        try:
+            return storage_versions.versions_of(client, bucket, entry.key)
+        except StorageError as exc:
+            return exc
+
+    with ThreadPoolExecutor(max_workers=_VERSION_LISTING_THREADS, thread_name_prefix="trr-versions") as pool:
+        yield from zip(group, pool.map(listed, group), strict=True)
 
 
-def _delete_chunk(
-    client: Any, bucket: str, chunk: Sequence[tuple[_Entry, dict[str, str]]], outcome: _Outcome
-) -> None:
+def _check_none_remain(client: Any, bucket: str, group: Sequence[_Entry], outcome: _Outcome) -> None:
+    """The follow-up check of an all_versions delete: list each confirmed key
+    again and note how many versions are left (0 is the proof)."""
+    done = [e for e in group if e.id in outcome.confirmed]
+    for entry, versions in _listed_versions(client, bucket, done):
+        if isinstance(versions, StorageError):
+            log.warning("erasure_check_failed", bucket=bucket, key=entry.key, error=str(versions))
+            continue
+        if versions:
+            log.warning("versions_remain_after_delete", bucket=bucket, key=entry.key, versions=len(versions))
+        outcome.checks.append((bucket, entry.key, len(versions)))
+
+
+def _delete_chunk(client: Any, bucket: str, chunk: Sequence[_Target], outcome: _Outcome) -> None:
     """One DeleteObjects request; an entry is confirmed when every object of
     it in the request is reported deleted (or already gone)."""
-    by_key = {target[1]["Key"]: target[0] for target in chunk}
+    by_key = {target.obj["Key"]: target.entry for target in chunk}
     outcome.requests += 1
     try:
         with storage.wrap_errors("delete objects", bucket):
             answer = client.delete_objects(
-                Bucket=bucket, Delete={"Objects": [obj for _, obj in chunk], "Quiet": False}
+                Bucket=bucket, Delete={"Objects": [t.obj for t in chunk], "Quiet": False}
             )
     except StorageError as exc:
         log.warning("delete_objects_failed", bucket=bucket, keys=len(chunk), error=str(exc))
-        outcome.refuse([entry for entry, _ in chunk], str(exc), whole_call=True)
+        outcome.refuse([t.entry for t in chunk], str(exc), whole_call=True)
+        outcome.not_erased.extend(t.intent for t in chunk)
         return
-    confirmed: set[tuple[str, str | None]] = set()
+    confirmed: dict[tuple[str, str | None], str | None] = {}  # -> the delete marker placed, if any
     for item in answer.get("Deleted", ()):
-        confirmed.add((item.get("Key", ""), item.get("VersionId")))
+        marker = item.get("DeleteMarkerVersionId") if item.get("DeleteMarker") and "VersionId" not in item else None
+        confirmed[(item.get("Key", ""), item.get("VersionId"))] = marker
     for item in answer.get("Errors", ()):
         key, code = item.get("Key", ""), item.get("Code", "")
         if code in _GONE_CODES:
-            confirmed.add((key, item.get("VersionId")))
+            confirmed[(key, item.get("VersionId"))] = None
         elif key in by_key:
             outcome.refuse([by_key[key]], f"{code}: {item.get('Message') or code}")
-    for entry, obj in chunk:
+    for target in chunk:
+        pair = (target.obj["Key"], target.obj.get("VersionId"))
+        if pair in confirmed:
+            outcome.erased.append((target.intent, confirmed[pair]))
+        else:
+            outcome.not_erased.append(target.intent)
+    for target in chunk:
+        entry, obj = target.entry, target.obj
         if entry.id in outcome.refused:
             continue
         if (obj["Key"], obj.get("VersionId")) in confirmed or (obj["Key"], None) in confirmed:
@@ -470,20 +530,43 @@ def _delete_chunk(
             outcome.refuse([entry], "s3: delete objects: the response did not confirm this key")
 
 
-def _delete_one(client: Any, bucket: str, target: tuple[_Entry, dict[str, str]], outcome: _Outcome) -> None:
+def _delete_one(client: Any, bucket: str, target: _Target, outcome: _Outcome) -> None:
     """DeleteObject for a key that cannot travel in a DeleteObjects body."""
-    entry, obj = target
+    entry, obj = target.entry, target.obj
     try:
         with storage.wrap_errors("delete object", bucket):
-            client.delete_object(Bucket=bucket, **obj)
+            answer = client.delete_object(Bucket=bucket, **obj)
     except StorageError as exc:
         if storage.error_code(exc.__cause__ or exc) in _GONE_CODES:
             outcome.confirmed.add(entry.id)
+            outcome.erased.append((target.intent, None))
             return
         outcome.refuse([entry], str(exc))
+        outcome.not_erased.append(target.intent)
         return
+    marker = answer.get("VersionId") if answer.get("DeleteMarker") and "VersionId" not in obj else None
+    outcome.erased.append((target.intent, marker))
     if entry.id not in outcome.refused:
         outcome.confirmed.add(entry.id)
+
+
+class _Side:
+    """The drain's second connection, opened on first use: intents are
+    committed on it while the batch's transaction holds the queue's locks."""
+
+    def __init__(self, settings: Settings) -> None:
+        self._settings = settings
+        self._conn: psycopg.Connection[Any] | None = None
+
+    def conn(self) -> psycopg.Connection[Any]:
+        if self._conn is None:
+            self._conn = db.connect(self._settings.database, autocommit=True,
+                                    application_name=DRAIN_APPLICATION_NAME)
+        return self._conn
+
+    def close(self) -> None:
+        if self._conn is not None:
+            self._conn.close()
 
 
 # --- helpers ---------------------------------------------------------------------

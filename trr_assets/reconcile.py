@@ -26,10 +26,9 @@ orphaned objects: they are counted as ``in_quarantine``, never as orphans.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import getpass
-import json
 import math
-import re
 import socket
 import threading
 import time
@@ -44,7 +43,7 @@ import psycopg
 import structlog
 from psycopg.types.json import Jsonb
 
-from trr_assets import db, diff, keys, storage, sync
+from trr_assets import db, diff, erasures, keys, reconcile_versions, storage, sync
 from trr_assets.config import Settings
 from trr_assets.diff import Batch, Diff, Kind
 from trr_assets.errors import (
@@ -107,6 +106,7 @@ class ReconcileOptions:
     force: bool = False  # override max_deletes and max_delete_fraction
     inventory: str | None = None  # s3://BUCKET/PATH/manifest.json
     run_by: str | None = None  # recorded in the history; default user@host
+    versions: bool = False  # also versions, delete markers and multipart uploads (reconcile_versions)
 
 
 @dataclass(frozen=True)
@@ -138,27 +138,42 @@ class ReconcileSummary:
     started_at: datetime | None = None
     duration_seconds: float = 0.0
     run_id: int | None = None
+    # --versions: per bucket, the counts of reconcile_versions (None without --versions)
+    versions_by_bucket: dict[str, dict[str, int]] | None = None
 
     @property
     def drift(self) -> bool:
         """Anything an operator should look at (found, whether or not repaired)."""
-        return bool(self.orphaned_objects or self.orphaned_rows or self.mismatched or self.failed_deletes)
+        versions = self.version_counts()
+        return bool(self.orphaned_objects or self.orphaned_rows or self.mismatched or self.failed_deletes
+                    or versions.get("orphaned_versions") or versions.get("lone_delete_markers")
+                    or versions.get("stale_uploads"))
+
+    def version_counts(self) -> dict[str, int]:
+        """The --versions counts of every bucket, added up ({} without --versions)."""
+        if self.versions_by_bucket is None:
+            return {}
+        names = reconcile_versions.SCAN_COUNTS + (() if self.dry_run else reconcile_versions.REPAIR_COUNTS)
+        return {name: sum(b.get(name, 0) for b in self.versions_by_bucket.values()) for name in names}
 
     @property
     def failures(self) -> tuple[str, ...]:
         """The refused buckets, the buckets not read whole, and the failed repairs."""
         errors = [*self.refused, *self.failed]
-        if self.action_errors:
-            errors.append(f"{self.action_errors} repairs failed (see the report)")
+        action_errors = self.action_errors + self.version_counts().get("version_action_errors", 0)
+        if action_errors:
+            errors.append(f"{action_errors} repairs failed (see the report)")
         return tuple(errors)
 
     def counts(self) -> dict[str, int]:
-        return {name: getattr(self, name) for name in (*SCAN_COUNTS, *REPAIR_COUNTS)}
+        return {**{name: getattr(self, name) for name in (*SCAN_COUNTS, *REPAIR_COUNTS)}, **self.version_counts()}
 
     def as_dict(self) -> dict[str, Any]:
+        extra = {} if self.versions_by_bucket is None else {"versions_by_bucket": self.versions_by_bucket}
         return {
             "dry_run": self.dry_run,
             **self.counts(),
+            **extra,
             "drift": self.drift,
             "refused": list(self.refused),
             "failed": list(self.failed),
@@ -550,10 +565,10 @@ class _Reconciler:
             target = self.settings.reconcile.quarantine_prefix + d.key
             if not self._copy_aside(bucket, d.key, target, head):
                 return "skipped", {"reason": "changed"}
-            self._delete_object(bucket, d.key)
+            self._delete_object(bucket, d, conn, erasures.BY_QUARANTINE)
             log.info("reconcile_object_quarantined", bucket=bucket, key=d.key, quarantine_key=target)
             return "quarantined", {"quarantine_key": target}
-        self._delete_object(bucket, d.key)
+        self._delete_object(bucket, d, conn, erasures.BY_ORPHANED_OBJECT)
         log.info("reconcile_object_deleted", bucket=bucket, key=d.key)
         return "deleted", {}
 
@@ -575,9 +590,18 @@ class _Reconciler:
             raise
         return True
 
-    def _delete_object(self, bucket: str, key: str) -> None:
-        with storage.wrap_errors("delete object", bucket):
-            self.client.delete_object(Bucket=bucket, Key=key)
+    def _delete_object(self, bucket: str, d: Diff, conn: psycopg.Connection[Any], deleted_by: str) -> None:
+        """Delete the object, recorded in the erasure record (see ``erasures``)."""
+
+        def delete() -> tuple[bool, str | None]:
+            with storage.wrap_errors("delete object", bucket):
+                answer = self.client.delete_object(Bucket=bucket, Key=d.key)
+            return True, answer.get("VersionId") if answer.get("DeleteMarker") else None
+
+        size = d.obj.size if d.obj is not None else None
+        with db.wrap_errors(f"record the deletion of {d.key}"):
+            erasures.erase(conn, erasures.Item(bucket, d.key, "object", size_bytes=size),
+                           deleted_by=deleted_by, delete=delete)
 
     def _repair_row(self, bucket: str, d: Diff, conn: psycopg.Connection[Any]) -> tuple[str, dict[str, Any]]:
         assert d.row is not None
@@ -663,12 +687,13 @@ class _Reconciler:
                 refused.append(state.refusal)
             elif state.error is not None:
                 failed.append(f"bucket {bucket}: {state.error}")
+        counts: dict[str, Any] = {name: total[name] for name in (*SCAN_COUNTS, *REPAIR_COUNTS)}
         return ReconcileSummary(
             dry_run=not self.options.repair,
             buckets=tuple(self.buckets),
             prefix=self.prefix,
             source="inventory" if self.inventory else "listing",
-            **{name: total[name] for name in (*SCAN_COUNTS, *REPAIR_COUNTS)},
+            **counts,
             refused=refused,
             failed=failed,
             started_at=started_at,
@@ -781,6 +806,9 @@ def run(
     reference = min(started_at, manifest.created_at) if manifest and manifest.created_at else started_at
     cutoff = reference - timedelta(seconds=grace)
     run_by = options.run_by or default_run_by()
+    if options.repair:  # deletions a crashed run left half-recorded
+        with db.connect(settings.database, autocommit=True) as conn:
+            erasures.settle(conn, client, older_than_seconds=settings.deletes.settle_after_seconds)
     run_id = _record_start(settings, not options.repair, buckets, prefix, run_by)
     log.info("reconcile_started", run_id=run_id, buckets=buckets, prefix=prefix, repair=options.repair,
              grace_seconds=grace, source="inventory" if manifest else "listing")
@@ -792,6 +820,10 @@ def run(
         _record_finish(settings, run_id, "failed", {}, one_line(exc))
         raise
     summary = reconciler.summary(started_at, time.monotonic() - began, run_id)
+    if options.versions:
+        summary = _with_versions(summary, settings, options, client, buckets, prefix, cutoff, sink, started_at,
+                                 stop, run_id_=run_id)
+        summary = dataclasses.replace(summary, duration_seconds=time.monotonic() - began)
     errors = [*summary.refused, *summary.failed]
     _record_finish(settings, run_id, _outcome(summary), summary.counts(), "; ".join(errors) or None)
     log.info("reconcile_finished", run_id=run_id, drift=summary.drift, **summary.counts())
@@ -799,9 +831,46 @@ def run(
         raise ReconcileRefused("reconcile: " + "; ".join(summary.refused), summary)
     if summary.failed:
         raise ReconcileIncomplete("reconcile: " + "; ".join(summary.failed), summary)
-    if summary.action_errors:
-        raise ReconcileIncomplete(f"reconcile: {summary.action_errors} repairs failed (see the report)", summary)
+    action_errors = summary.action_errors + summary.version_counts().get("version_action_errors", 0)
+    if action_errors:
+        raise ReconcileIncomplete(f"reconcile: {action_errors} repairs failed (see the report)", summary)
     return summary
+
+
+def _with_versions(
+    summary: ReconcileSummary,
+    settings: Settings,
+    options: ReconcileOptions,
+    client: Any,
+    buckets: list[str],
+    prefix: str,
+    cutoff: datetime,
+    sink: Sink | None,
+    now: datetime,
+    stop: threading.Event | None,
+    *,
+    run_id_: int | None,
+) -> ReconcileSummary:
+    """``--versions``: run reconcile_versions over the same buckets; its
+    counts, refusals and failures join the summary."""
+    try:
+        states = reconcile_versions.VersionsPass(
+            settings, client, buckets, prefix, cutoff, repair=options.repair, force=options.force, sink=sink,
+            now=now, stop=stop,
+        ).execute()
+    except BaseException as exc:
+        if run_id_ is not None:
+            _record_finish(settings, run_id_, "failed", {}, one_line(exc))
+        raise
+    refused, failed = list(summary.refused), list(summary.failed)
+    for bucket, state in states.items():
+        if options.repair and state.refusal:
+            refused.append(state.refusal)
+        elif state.error is not None:
+            failed.append(f"bucket {bucket} (versions): {state.error}")
+    names = reconcile_versions.SCAN_COUNTS + (reconcile_versions.REPAIR_COUNTS if options.repair else ())
+    by_bucket = {bucket: {name: state.counts[name] for name in names} for bucket, state in states.items()}
+    return dataclasses.replace(summary, refused=refused, failed=failed, versions_by_bucket=by_bucket)
 
 
 def _buckets(settings: Settings, options: ReconcileOptions, manifest: InventoryManifest | None) -> list[str]:

@@ -19,7 +19,7 @@ import threading
 from collections.abc import Callable, Generator, Iterator
 from contextlib import contextmanager
 from datetime import datetime
-from typing import Any, NamedTuple
+from typing import Any, NamedTuple, TypeVar
 from xml.etree import ElementTree
 
 import boto3
@@ -176,7 +176,6 @@ def parse_timestamp(value: Any) -> datetime:
 # it cannot compile) is left untouched for botocore, which then behaves
 # exactly as without it.
 
-_EMPTY_PAGE = b'<ListBucketResult xmlns="http://s3.amazonaws.com/doc/2006-03-01/"></ListBucketResult>'
 _NAMESPACE = re.compile(r"\{.*\}")
 
 
@@ -257,36 +256,46 @@ def _parse_structure(node: ElementTree.Element, table: dict[str, _Member]) -> di
 
 
 class _ListingParser:
-    """One client's ``before-parse`` handler for ListObjectsV2 answers.
+    """One client's ``before-parse`` handler for listing answers
+    (ListObjectsV2, ListObjectVersions).
 
     Registered for every S3 operation (``before-parse.s3.*``), because only a
     handler there can run before botocore's own; it lets the others pass.
     """
 
-    def __init__(self, table: dict[str, _Member]) -> None:
-        self._table = table
+    def __init__(self, tables: dict[str, tuple[str, dict[str, _Member]]]) -> None:
+        self._tables = tables  # operation name -> (root element, its table)
 
-    def parse(self, body: bytes) -> dict[str, Any] | None:
+    def parse(self, body: bytes, operation: str = "ListObjectsV2") -> dict[str, Any] | None:
         """The page as botocore would parse it, or None when unsure."""
+        root_name, table = self._tables[operation]
         try:
             root = ElementTree.fromstring(body)
-            if _NAMESPACE.sub("", root.tag) != "ListBucketResult":
+            if _NAMESPACE.sub("", root.tag) != root_name:
                 return None  # an error document, answered with 200
-            return _parse_structure(root, self._table)
+            return _parse_structure(root, table)
         except (_Unsure, ElementTree.ParseError, ValueError, TypeError):
             return None
 
     def __call__(self, operation_model: Any, response_dict: dict[str, Any],
                  customized_response_dict: dict[str, Any], **_: Any) -> None:
         body = response_dict.get("body")
-        if operation_model.name != "ListObjectsV2" or response_dict.get("status_code") != 200:
+        if operation_model.name not in self._tables or response_dict.get("status_code") != 200:
             return
         if not isinstance(body, bytes) or not body:
             return
-        parsed = self.parse(body)
+        parsed = self.parse(body, operation_model.name)
         if parsed is not None:
             customized_response_dict.update(parsed)
-            response_dict["body"] = _EMPTY_PAGE
+            response_dict["body"] = _EMPTY_PAGES[operation_model.name]
+
+
+# The listings parsed fast: operation name -> the root element of its answer.
+_FAST_LISTINGS = {"ListObjectsV2": "ListBucketResult", "ListObjectVersions": "ListVersionsResult"}
+_EMPTY_PAGES = {
+    name: f'<{root} xmlns="http://s3.amazonaws.com/doc/2006-03-01/"></{root}>'.encode()
+    for name, root in _FAST_LISTINGS.items()
+}
 
 
 def _use_fast_listing_parser(client: Any) -> None:
@@ -297,16 +306,20 @@ def _use_fast_listing_parser(client: Any) -> None:
     client only. Should botocore rename it, the check stays where it is and
     only the saving is lost.
     """
-    shape = client.meta.service_model.operation_model("ListObjectsV2").output_shape
-    try:
-        table = _compile(shape, parse_timestamp)
-    except _Unsure:
+    tables = {}
+    for name, root in _FAST_LISTINGS.items():
+        shape = client.meta.service_model.operation_model(name).output_shape
+        try:
+            tables[name] = (root, _compile(shape, parse_timestamp))
+        except _Unsure:
+            continue
+    if not tables:
         return
     events = client.meta.events
     check = getattr(botocore.handlers, "_handle_200_error", None)
     if check is not None:
         events.unregister("before-parse.s3.*", check)
-    events.register_first("before-parse.s3.*", _ListingParser(table), unique_id="trr-assets-listing-parser")
+    events.register_first("before-parse.s3.*", _ListingParser(tables), unique_id="trr-assets-listing-parser")
     if check is not None:
         events.register_first("before-parse.s3.*", check)
 
@@ -421,13 +434,41 @@ def list_objects(
     most two pages ahead of use, yielded in order. A shard that holds more
     keys than its neighbours then takes no more round trips than they do.
     """
-    narrow = exact_prefix(KeyRange(start_at, stop_before)) if start_at is not None else None
-    if narrow is not None and narrow.startswith(prefix):
-        # The range is exactly the keys under a longer prefix: list that, and
-        # S3 stops at the range's end instead of a page running past it.
-        prefix, start_at, stop_before = narrow, None, None
+    prefix, start_at, stop_before = narrowed(prefix, start_at, stop_before)
     for page in _pages(client, bucket, prefix, start_at, stop_before, page_size, splits):
         yield from page
+
+
+def narrowed(prefix: str, start_at: str | None, stop_before: str | None) -> tuple[str, str | None, str | None]:
+    """A listing's (prefix, start_at, stop_before), with a range that is
+    exactly the keys under a longer prefix turned into that prefix: S3 then
+    stops at the range's end instead of a page running past it."""
+    narrow = exact_prefix(KeyRange(start_at, stop_before)) if start_at is not None else None
+    if narrow is not None and narrow.startswith(prefix):
+        return narrow, None, None
+    return prefix, start_at, stop_before
+
+
+def just_below(key: str) -> str:
+    """A marker for an exclusive start (StartAfter, KeyMarker) that lists from
+    ``key``: "shows/e" plus the highest code point sorts after every real key
+    under "shows/e", so S3 does not send those again; any key beyond it but
+    below ``key`` is cut by ``clip``."""
+    return key[:-1] + chr(ord(key[-1]) - 1) + "\U0010ffff"
+
+
+_Keyed = TypeVar("_Keyed", bound=tuple[Any, ...])
+
+
+def clip(items: list[_Keyed], start_at: str | None, stop_before: str | None) -> tuple[list[_Keyed], bool]:
+    """A page's items (key first, in key order) cut to ``start_at <= key <
+    stop_before``, and whether the range ended within the page. Only a
+    page's ends can be out of range: the common page is left as it is."""
+    if start_at is not None and items and items[0][0] < start_at:
+        items = [i for i in items if i[0] >= start_at]
+    if stop_before is not None and items and items[-1][0] >= stop_before:
+        return [i for i in items if i[0] < stop_before], True
+    return items, False
 
 
 def _pages(
@@ -445,11 +486,8 @@ def _pages(
     if token is not None:
         params["ContinuationToken"] = token
     elif start_at is not None and start_at > prefix:
-        # StartAfter is exclusive: start just below start_at. "shows/e" plus
-        # the highest code point sorts after every real key under "shows/e",
-        # so S3 does not send those again; any key beyond it but below
-        # start_at is dropped below.
-        params["StartAfter"] = start_at[:-1] + chr(ord(start_at[-1]) - 1) + "\U0010ffff"
+        # StartAfter is exclusive: start just below start_at (see just_below).
+        params["StartAfter"] = just_below(start_at)
     # Only a new listing's first page may split it. Later pages add little
     # to the estimate, and a part split off splits only on its own first
     # page, so a wrong guess (keys bunched where the page did not show it)
@@ -465,16 +503,10 @@ def _pages(
             object_info((item["Key"], item["Size"], strip_etag(item.get("ETag")), item["LastModified"]))
             for item in contents
         ]
-        if start_at is not None and objects and objects[0].key < start_at:
-            objects = [o for o in objects if o.key >= start_at]
-        if stop_before is not None and objects and objects[-1].key >= stop_before:
-            objects = [o for o in objects if o.key < stop_before]
-            if objects:
-                yield objects
-            return
+        objects, ended = clip(objects, start_at, stop_before)
         if objects:
             yield objects
-        if not page.get("IsTruncated"):
+        if ended or not page.get("IsTruncated"):
             return
         token = params["ContinuationToken"] = page["NextContinuationToken"]
         params.pop("StartAfter", None)

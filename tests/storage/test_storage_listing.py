@@ -42,8 +42,13 @@ def botocore_parse(body: bytes) -> dict[str, Any]:
     return parsed  # type: ignore[no-any-return]
 
 
+def _listing_parser() -> Any:
+    table = storage._compile(SHAPE, storage.parse_timestamp)
+    return storage._ListingParser({"ListObjectsV2": ("ListBucketResult", table)})
+
+
 def fast_parse(body: bytes) -> dict[str, Any] | None:
-    return storage._ListingParser(storage._compile(SHAPE, storage.parse_timestamp)).parse(body)
+    return _listing_parser().parse(body)
 
 
 # XML 1.0 text: no control characters but tab and newline, no surrogates.
@@ -111,7 +116,7 @@ def test_fast_parser_gives_botocores_answer_for_any_page(body: bytes) -> None:
     b"<ListBucketResult><MaxKeys/></ListBucketResult>",  # an empty number
 ])
 def test_pages_the_fast_parser_is_unsure_of_are_left_to_botocore(body: bytes) -> None:
-    handler = storage._ListingParser(storage._compile(SHAPE, storage.parse_timestamp))
+    handler = _listing_parser()
     response = {"status_code": 200, "headers": {}, "body": body}
     merged: dict[str, Any] = {}
     handler(operation_model=OPERATION, response_dict=response, customized_response_dict=merged)
@@ -158,7 +163,7 @@ def test_the_fast_parser_does_the_parsing_on_make_clients_clients(s3: Any, monke
 
     fast.meta.events.register("before-parse.s3.ListObjectsV2", spy)
     assert [o["Key"] for o in fast.list_objects_v2(Bucket=TEST_BUCKET)["Contents"]] == ["shows/a"]
-    assert seen == [storage._EMPTY_PAGE]
+    assert seen == [storage._EMPTY_PAGES["ListObjectsV2"]]
 
 
 @pytest.mark.parametrize("first_answer", [

@@ -71,7 +71,10 @@ def reconcile(args: argparse.Namespace, settings: Settings) -> int:
         grace_seconds=args.grace_seconds,
         force=bool(args.force),
         inventory=args.inventory,
+        versions=bool(args.versions),
     )
+    if options.versions and options.inventory:
+        raise UsageError("reconcile: --versions lists the bucket; it does not go with --inventory")
     progress: Progress | None = render.ReconcileBar(sys.stderr) if _terminal() else None
     with render.output(args.output, command="reconcile") as out:
         report = render.JsonlReport(out) if args.format == "jsonl" else render.TextReport(out)
@@ -137,6 +140,16 @@ def process_deletes(args: argparse.Namespace, settings: Settings) -> int:
         result["requeued"] = requeued
     render.print_json(result)
     return check(report)
+
+
+def erasures(args: argparse.Namespace, settings: Settings) -> int:
+    """The erasure record as JSON lines, oldest first."""
+    from trr_assets import db
+    from trr_assets import erasures as record
+
+    with db.connect(settings.database, autocommit=True) as conn:
+        render.json_lines(record.listed(conn, bucket=args.bucket, key=args.key, since=args.since))
+    return 0
 
 
 def worker(args: argparse.Namespace, settings: Settings) -> int:

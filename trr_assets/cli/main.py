@@ -13,6 +13,7 @@ import argparse
 import os
 import sys
 from collections.abc import Callable, Sequence
+from datetime import datetime, timezone
 from typing import Any
 
 import structlog
@@ -44,6 +45,15 @@ def _positive_int(text: str) -> int:
     if value < 0:
         raise argparse.ArgumentTypeError(f"expected a number >= 0, got {text!r}")
     return value
+
+
+def _timestamp(text: str) -> datetime:
+    try:
+        value = datetime.fromisoformat(text.strip())
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"expected an ISO 8601 time like 2026-01-31T12:00:00Z, got {text!r}") from None
+    return value if value.tzinfo is not None else value.replace(tzinfo=timezone.utc)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -79,6 +89,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--inventory", metavar="s3://BUCKET/PATH/manifest.json",
                    help="read an S3 Inventory report instead of listing")
     p.add_argument("--history", action="store_true", help="print the recorded past runs")
+    p.add_argument("--versions", action="store_true",
+                   help="also list versions, delete markers and incomplete multipart uploads")
     p.set_defaults(handler=commands.reconcile)
 
     p = sub.add_parser("presign", help="print a presigned URL")
@@ -95,6 +107,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--requeue-failed", action="store_true",
                    help="first make the failed deletions pending again (attempts from zero)")
     p.set_defaults(handler=commands.process_deletes)
+
+    p = sub.add_parser("erasures", help="print the recorded deletions (proof of erasure) as JSON lines")
+    p.add_argument("--bucket", metavar="B", help="only this bucket")
+    p.add_argument("--key", metavar="K", help="only this object key (exactly)")
+    p.add_argument("--since", type=_timestamp, metavar="T",
+                   help="only deletions at or after T (ISO 8601; UTC when no offset is given)")
+    p.set_defaults(handler=commands.erasures)
 
     p = sub.add_parser("worker", help="the daemon: sync, deletes, reconcile on their schedules")
     p.add_argument("--once", action="store_true", help="run each job once and exit")

@@ -11,7 +11,7 @@ import re
 import sys
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from datetime import datetime
 from typing import TYPE_CHECKING, Any, TextIO
 
@@ -40,6 +40,13 @@ def output(path: str | None, *, command: str) -> Iterator[TextIO]:
         raise UsageError(f"{command}: cannot write --output {path}: {exc.strerror}") from exc
     with handle:
         yield handle
+
+
+def json_lines(items: Iterable[dict[str, Any]]) -> None:
+    """One JSON object a line on stdout, as they come."""
+    for item in items:
+        sys.stdout.write(json.dumps(item) + "\n")
+    sys.stdout.flush()
 
 
 # --- reconcile ---------------------------------------------------------------------
@@ -82,6 +89,11 @@ class TextReport:
             parts.append(f"modified {item['last_modified']}")
         elif item["kind"] == "orphaned_row":
             parts.append(f"asset {item['asset_id']}, updated {item['updated_at']}")
+        elif item["kind"] in ("orphaned_versions", "lone_delete_marker"):
+            parts.append(f"{item.get('versions', 0)} versions, {item['delete_markers']} delete markers, "
+                         f"newest {item['last_modified']}")
+        elif item["kind"] == "incomplete_upload":
+            parts.append(f"upload {item['upload_id']}, started {item['initiated']}")
         else:
             parts.append(
                 f"asset {item['asset_id']}: object {item['size']} bytes etag {item['etag']}, "
@@ -103,6 +115,8 @@ class TextReport:
         names = SCAN_COUNTS if summary.dry_run else (*SCAN_COUNTS, *REPAIR_COUNTS)
         for name in names:
             self.out.write(f"  {name.replace('_', ' '):<18} {getattr(summary, name):>12,}\n")
+        for name, value in summary.version_counts().items():  # --versions
+            self.out.write(f"  {name.replace('_', ' '):<18} {value:>12,}\n")
         self.out.write(f"  {'duration':<18} {summary.duration_seconds:>11.1f}s\n")
         self.out.write("Drift found.\n" if summary.drift else "No drift.\n")
         for line in summary.refused:
