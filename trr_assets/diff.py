@@ -217,7 +217,7 @@ def _row_chunks(rows: Iterator[RowInfo], size: int) -> Iterator[_Chunk]:
 def _check_order(keys: list[str], in_order: Callable[[str, str], bool], stream: str) -> None:
     """Each key and the next are ``in_order`` (compared in C), else ValueError naming the first misplaced key."""
     if not all(map(in_order, keys, islice(keys, 1, None))):
-        bad = next(b for a, b in zip(keys, keys[1:]) if not in_order(a, b))
+        bad = next(b for a, b in zip(keys, keys[1:], strict=False) if not in_order(a, b))
         raise ValueError(f"{stream} out of order at {bad!r}")
 
 

@@ -648,7 +648,8 @@ class _Reconciler:
                 )
             else:
                 plan = state.plan
-                state.object_budget = plan["orphaned_objects"] if rc.orphaned_objects in OBJECT_POLICIES_THAT_DELETE else 0
+                deletes_objects = rc.orphaned_objects in OBJECT_POLICIES_THAT_DELETE
+                state.object_budget = plan["orphaned_objects"] if deletes_objects else 0
                 state.row_budget = plan["orphaned_rows"] if rc.orphaned_rows == "delete" else 0
                 problems = limit_problems(
                     state.object_budget, state.row_budget, plan["objects_scanned"], plan["rows_scanned"],

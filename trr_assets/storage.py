@@ -19,7 +19,7 @@ import threading
 from collections.abc import Callable, Generator, Iterator
 from contextlib import contextmanager
 from datetime import datetime
-from typing import Any, NamedTuple, TypeVar
+from typing import Any, Literal, NamedTuple, TypeVar, cast
 from xml.etree import ElementTree
 
 import boto3
@@ -35,6 +35,9 @@ from trr_assets.errors import BucketNotFound, StorageError
 from trr_assets.keys import KeyRange, exact_prefix, split_points
 
 log = structlog.get_logger()
+
+_RetryMode = Literal["standard", "adaptive", "legacy"]  # config checks the values
+_AddressingStyle = Literal["auto", "path", "virtual"]
 
 _session_lock = threading.Lock()
 
@@ -75,8 +78,8 @@ def make_client(settings: S3Settings, *, max_pool_connections: int | None = None
         region_name=region,
         # botocore's "max_attempts" counts retries only; s3.max_attempts
         # counts every try, the first included, which is "total_max_attempts".
-        retries={"mode": settings.retry_mode, "total_max_attempts": settings.max_attempts},
-        s3={"addressing_style": settings.addressing_style},
+        retries={"mode": cast(_RetryMode, settings.retry_mode), "total_max_attempts": settings.max_attempts},
+        s3={"addressing_style": cast(_AddressingStyle, settings.addressing_style)},
         connect_timeout=settings.connect_timeout_seconds,
         read_timeout=settings.read_timeout_seconds,
         max_pool_connections=max_pool_connections,

@@ -338,7 +338,9 @@ def _parse(objects: list[ObjectInfo], pattern: re.Pattern[str]) -> _Parsed:
     return _Parsed(items, show_ids, counts, _time_ordered_ids(len(items)))
 
 
-def _known_shows(items: list[tuple[ObjectInfo, str]], existing: set[str]) -> tuple[list[tuple[ObjectInfo, str]], UpsertCounts]:
+def _known_shows(
+    items: list[tuple[ObjectInfo, str]], existing: set[str]
+) -> tuple[list[tuple[ObjectInfo, str]], UpsertCounts]:
     """The objects whose show exists, and the count of those whose show does not."""
     todo = [item for item in items if item[1] in existing]
     if len(todo) == len(items):
@@ -379,13 +381,13 @@ class _Heads:
             return (_Row(obj.key, show_id, obj.size, obj.etag, guess(obj.key), None) for obj, show_id in todo)
         if self.native is not None:
             answers = self.native.heads(bucket, [obj.key for obj, _ in todo])
-            return (_row(obj, show_id, answer) for (obj, show_id), answer in zip(todo, answers))
+            return (_row(obj, show_id, answer) for (obj, show_id), answer in zip(todo, answers, strict=False))
         size = max(1, min(HEAD_RUN_MAX, len(todo) // (4 * self.workers)))
         if size == 1:
             return self.pool.map(lambda item: _head(client, bucket, item[0], item[1]), todo)
         runs = [todo[start : start + size] for start in range(0, len(todo), size)]
-        answers = self.pool.map(lambda run: [_head(client, bucket, obj, show_id) for obj, show_id in run], runs)
-        return (row for run in answers for row in run)
+        run_rows = self.pool.map(lambda run: [_head(client, bucket, obj, show_id) for obj, show_id in run], runs)
+        return (row for run in run_rows for row in run)
 
 
 def _headed(rows: list[_Row], asked: int) -> UpsertCounts:
@@ -455,7 +457,8 @@ def _write(conn: psycopg.Connection[Any], bucket: str, rows: list[_Row], new_ids
         pending_deletes=queued,
     )
     if unknown_show:  # the show was deleted after the look-up
-        counts += UpsertCounts(skipped=unknown_show, skipped_by_reason={keys.SkipReason.UNKNOWN_SHOW.value: unknown_show})
+        reason = keys.SkipReason.UNKNOWN_SHOW.value
+        counts += UpsertCounts(skipped=unknown_show, skipped_by_reason={reason: unknown_show})
     return counts
 
 
@@ -467,7 +470,7 @@ def _write_once(
     with db.wrap_errors(f"upsert a batch of bucket {bucket}"), conn.transaction():
         conn.execute(db.query("sync_prepare_batch"))
         with conn.cursor().copy(db.query("sync_copy_batch")) as copy:
-            for new_id, r in zip(new_ids, rows):
+            for new_id, r in zip(new_ids, rows, strict=False):
                 copy.write_row((new_id, r.key, r.show_id, r.size, r.etag, r.content_type, r.owner_id))
         result = conn.execute(db.query("sync_upsert_batch"), {"bucket": bucket}).fetchone()
         if nested:
@@ -477,7 +480,9 @@ def _write_once(
     return inserted, updated, unknown_show, queued
 
 
-def _write_changed(conn: psycopg.Connection[Any], heads: _Heads, batch: _Parsed, sent: Callable[[], None]) -> UpsertCounts:
+def _write_changed(
+    conn: psycopg.Connection[Any], heads: _Heads, batch: _Parsed, sent: Callable[[], None]
+) -> UpsertCounts:
     """Write a batch of new or changed keys: look up their shows, HEAD them, upsert."""
     todo, unknown = _known_shows(batch.items, _existing_shows(conn, batch.show_ids))
     rows = [row for row in heads(todo) if row is not None]
@@ -711,9 +716,9 @@ def run(
     reports = {name: tally.report() for name, tally in tallies.items()}
     for name, tally in tallies.items():
         _log_bucket(reports[name], tally.upserts)
-    report = _total(reports, time.monotonic() - started, stop.is_set())
-    log.info("sync_done", **{k: v for k, v in report.as_dict().items() if k != "buckets"})
-    return report
+    total = _total(reports, time.monotonic() - started, stop.is_set())
+    log.info("sync_done", **{k: v for k, v in total.as_dict().items() if k != "buckets"})
+    return total
 
 
 def _run_units(ctx: _Context, units: list[tuple[_BucketTally, keys.KeyRange]]) -> None:
@@ -886,7 +891,9 @@ def _loaded(
         yield conn
 
 
-def _differences(ctx: _Context, reader: psycopg.Connection[Any], bucket: str, shard: keys.KeyRange) -> Iterator[diff.Batch]:
+def _differences(
+    ctx: _Context, reader: psycopg.Connection[Any], bucket: str, shard: keys.KeyRange
+) -> Iterator[diff.Batch]:
     """The range's objects (listed, or from the inventory report) merged with its rows."""
     # Sync compares size and ETag only: the lighter row stream will do.
     if ctx.report is None:

@@ -58,7 +58,8 @@ def _timestamp(text: str) -> datetime:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="trr-assets", description="Keep core.show_assets true to what is in S3.")
-    parser.add_argument("--config", metavar="PATH", help="TOML config file (default: $TRR_ASSETS_CONFIG, ./config.toml)")
+    parser.add_argument("--config", metavar="PATH",
+                        help="TOML config file (default: $TRR_ASSETS_CONFIG, ./config.toml)")
     parser.add_argument("--debug", action="store_true", help="show tracebacks and debug logs")
     parser.add_argument("--version", action="version", version=f"trr-assets {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND", parser_class=_Parser)
@@ -69,7 +70,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(handler=commands.migrate)
 
     p = sub.add_parser("sync", help="one sync pass: S3 listing into core.show_assets")
-    p.add_argument("--bucket", action="append", default=[], metavar="B", help="bucket (repeatable; default: s3.buckets)")
+    p.add_argument("--bucket", action="append", default=[], metavar="B",
+                   help="bucket (repeatable; default: s3.buckets)")
     p.add_argument("--prefix", metavar="P", help="key prefix (default: s3.prefix)")
     p.add_argument("--inventory", metavar="s3://BUCKET/PATH/manifest.json",
                    help="read this S3 Inventory report (CSV, Parquet or ORC) instead of listing its bucket")
