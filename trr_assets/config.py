@@ -136,10 +136,12 @@ class S3Settings:
     read_timeout_seconds: float = _setting(60.0, _between(0.1, 3600))
     list_shards: int = _setting(16, _between(1, 256))
     list_concurrency: int = _setting(8, _between(1, 64))
-    head_concurrency: int = _setting(128, _between(1, 1024))
+    head_concurrency: int = _setting(16, _between(1, 128))  # botocore's HEADs: threads, one request each
     # How HEAD requests are sent: "native" (storage_heads: own signing, kept-alive
-    # connections, one event loop) or "botocore" (a thread each, as before).
+    # connections, one event loop, up to head_connections in flight per S3 host)
+    # or "botocore" (head_concurrency threads, a request each, as before).
     head_client: str = _setting("native", _one_of("native", "botocore"))
+    head_connections: int = _setting(128, _between(1, 1024))
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -207,6 +209,23 @@ class WorkerSettings:
     reconcile_interval_seconds: int = _setting(0, _at_least(0))
 
 
+def _check_queue_urls(values: list[str]) -> str | None:
+    for value in values:
+        if not re.match(r"^https?://[^/\s]+/\S+$", value):
+            return f"has {value!r}, which is not an SQS queue URL (https://sqs.REGION.amazonaws.com/ACCOUNT/NAME)"
+    return None
+
+
+@dataclass(frozen=True, kw_only=True)
+class EventsSettings:
+    queue_urls: list[str] = _setting([], _check_queue_urls)
+    wait_seconds: int = _setting(20, _between(0, 20))  # SQS long polling
+    endpoint_url: str = _setting("", _check_endpoint)  # SQS-compatible endpoint; empty for AWS
+    receivers: int = _setting(4, _between(1, 32))  # receive loops in flight per queue
+    batch_messages: int = _setting(100, _between(1, 1000))  # messages applied in one transaction, at most
+    visibility_timeout_seconds: int = _setting(0, _between(0, 43200))  # 0: the queue's own
+
+
 @dataclass(frozen=True, kw_only=True)
 class Settings:
     database: DatabaseSettings = field(default_factory=DatabaseSettings)
@@ -217,6 +236,7 @@ class Settings:
     presign: PresignSettings = field(default_factory=PresignSettings)
     logging: LoggingSettings = field(default_factory=LoggingSettings)
     worker: WorkerSettings = field(default_factory=WorkerSettings)
+    events: EventsSettings = field(default_factory=EventsSettings)
     source: str = "defaults"  # where the settings came from, for messages
 
     def replace(self, **sections: Any) -> Settings:

@@ -104,3 +104,11 @@ def one_line(exc: BaseException) -> str:
     """The first line of an exception's message, or its class name when it has none."""
     lines = str(exc).strip().splitlines()
     return lines[0] if lines else type(exc).__name__
+
+
+class QueueError(TrrAssetsError):
+    """SQS refused or could not be reached, or a queue does not exist (exit 1)."""
+
+
+class MessageError(TrrAssetsError, ValueError):
+    """A queue message that is not an S3 Event Notification (plain or wrapped by SNS)."""

@@ -8,7 +8,7 @@ S3 does. ``HeadClient`` makes the same request for a small fraction of
 that: signed by ``sigv4.HeaderSigner`` (byte-identical to botocore's
 ``Authorization``, credentials and endpoint still from the botocore client),
 sent over kept-alive HTTP/1.1 connections by one asyncio event loop in a
-thread of its own, as many at once as ``s3.head_concurrency`` allows.
+thread of its own, as many at once as ``s3.head_connections`` allows.
 
 Answers are shaped like botocore's ``head_object`` (the keys sync reads:
 ``ContentLength``, ``ETag``, ``ContentType``, ``LastModified``,
@@ -17,7 +17,10 @@ Answers are shaped like botocore's ``head_object`` (the keys sync reads:
 (SlowDown), 504 and broken connections are retried up to
 ``s3.max_attempts`` tries in all, after a full-jitter exponential backoff
 (as botocore's standard retry mode). A kept-alive connection that the server
-closed while idle is replaced without counting a try.
+closed while idle is replaced without counting a try. An answer that says
+the bucket is in another region (301, 307 or 400 with
+``x-amz-bucket-region``) is asked again through botocore, whose region
+redirection follows it.
 """
 
 from __future__ import annotations
@@ -40,6 +43,7 @@ from urllib.parse import urlsplit
 
 import structlog
 
+from trr_assets import storage
 from trr_assets.config import S3Settings
 from trr_assets.errors import StorageError
 from trr_assets.sigv4 import HeaderSigner
@@ -252,7 +256,7 @@ class HeadClient:
 
     ``client`` is the botocore client of ``storage.make_client``: its
     credentials sign and its endpoint resolution says where each bucket
-    lives. Up to ``s3.head_concurrency`` requests are in flight per S3
+    lives. Up to ``s3.head_connections`` requests are in flight per S3
     endpoint host, each on a kept-alive connection of its own (HTTP/1.1, no
     pipelining). Callbacks (``asyncio.Protocol``), not a task per request:
     a HEAD costs the loop a send, a receive and a parse. Thread-safe;
@@ -267,14 +271,15 @@ class HeadClient:
         backoff_base_seconds: float = 1.0,
         backoff_max_seconds: float = 20.0,
     ) -> None:
+        self._client = client
         self._signer = HeaderSigner(client)
-        self._concurrency = settings.head_concurrency
+        self._concurrency = settings.head_connections
         self._attempts = settings.max_attempts
         self._connect_timeout = settings.connect_timeout_seconds
         self._read_timeout = settings.read_timeout_seconds
         self._backoff_base = backoff_base_seconds
         self._backoff_max = backoff_max_seconds
-        self._ssl = _ssl_context(client)
+        self._ssl: ssl.SSLContext | None = None  # made on the first https connection (loading CAs costs ~30 ms)
         self._origins: dict[str, _Origin] = {}
         self._origin_of_bucket: dict[str, _Origin] = {}
         self._sweeping = False
@@ -367,6 +372,8 @@ class HeadClient:
             self._loop.create_task(self._open(origin))
 
     async def _open(self, origin: _Origin) -> None:
+        if origin.secure and self._ssl is None:
+            self._ssl = _ssl_context(self._client)
         try:
             _, conn = await asyncio.wait_for(
                 self._loop.create_connection(lambda: _Connection(origin), origin.host, origin.port,
@@ -434,6 +441,8 @@ class HeadClient:
             request.run.answer(request.index, None)
         elif status in RETRY_STATUSES:
             self._retry(request, f"{status}: {_phrase(status)}")
+        elif status in (301, 307, 400) and "x-amz-bucket-region" in headers:
+            self._by_botocore(request)
         else:
             request.run.fail(StorageError(f"s3: head object (bucket {request.bucket}): {status}: {_phrase(status)}"))
         self._pump(origin)
@@ -457,7 +466,24 @@ class HeadClient:
                 self._retry(request, f"connection lost ({reason})")
         self._pump(origin)
 
+    def _by_botocore(self, request: _Request) -> None:
+        """HEAD one object through botocore (in the loop's default thread pool):
+        for a bucket in another region than the client's, which botocore's
+        region redirection follows."""
+        asked = self._loop.run_in_executor(None, storage.head_object, self._client, request.bucket, request.key)
+
+        def settle(done: asyncio.Future[Any]) -> None:
+            exc = done.exception()
+            if exc is not None:
+                request.run.fail(exc)
+            else:
+                request.run.answer(request.index, done.result())
+
+        asked.add_done_callback(settle)
+
     def _retry(self, request: _Request, reason: str) -> None:
+        if request.run.done():  # failed or given up by the caller: nobody waits for it
+            return
         request.tries += 1
         if request.tries >= self._attempts:
             request.run.fail(StorageError(

@@ -1,4 +1,6 @@
-"""The worker daemon: sync, queued deletes and reconcile on their schedules.
+"""The worker daemon: sync, queued deletes and reconcile on their schedules,
+and, when ``events.queue_urls`` is set, the event listener all the time
+(``listen``; the scheduled sync stays as the safety net).
 
 Scheduling is APScheduler 3: a ``BackgroundScheduler`` in UTC with one thread
 per job, ``max_instances=1`` and coalesced misfires, so a job never overlaps
@@ -57,7 +59,7 @@ from apscheduler.triggers.base import BaseTrigger
 from apscheduler.triggers.cron import CronTrigger
 from apscheduler.triggers.interval import IntervalTrigger
 
-from trr_assets import db, deletes, reconcile, storage, sync
+from trr_assets import db, deletes, listen, reconcile, storage, sync
 from trr_assets.config import Settings
 from trr_assets.errors import PartialFailure, RepairRefused, TrrAssetsError, one_line
 
@@ -70,6 +72,7 @@ RECONCILE_LOCK_KEY = 0x7472725F726563  # "trr_rec"
 MAX_TICK_HOLD_SECONDS = 60.0
 EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
 _POLL_SECONDS = 0.2  # how often the main thread looks at the stop flag
+LISTEN_RETRY_SECONDS = 30.0  # a listener that could not start (queue, database) tries again after this
 
 
 # --- jobs ------------------------------------------------------------------------
@@ -347,6 +350,7 @@ class Worker:
         heartbeat = self.settings.worker.heartbeat_seconds
         with handling_signals(self._on_signal):
             scheduler.start()
+            self._start_listener()
             log.info("worker_started", pid=os.getpid(), heartbeat_seconds=heartbeat,
                      jobs={job.name: str(job.trigger) for job in self.jobs})
             next_beat = time.monotonic() + heartbeat
@@ -360,6 +364,35 @@ class Worker:
             self._finish_or_abandon()
         log.info("worker_stopped", uptime_seconds=_since(self._started))
         return 0
+
+    # -- the listener (events.queue_urls)
+
+    def _start_listener(self) -> None:
+        """With queues configured, listen all the time in a thread of its own,
+        counted as a running job "listen" so that a stop waits for its batch."""
+        if not self.settings.events.queue_urls:
+            return
+        with self._idle:
+            self._running["listen"] = time.monotonic()
+        threading.Thread(target=self._listen, name="trr-assets-listen", daemon=True).start()
+
+    def _listen(self) -> None:
+        try:
+            with structlog.contextvars.bound_contextvars(job="listen"):
+                while not self.stop_event.is_set():
+                    try:
+                        listen.Listener(self.settings, stop=self.stop_event, s3=self.s3).run()
+                    except TrrAssetsError as exc:  # a queue or the database is missing: try again later
+                        log.error("job_failed", job="listen", outcome="failed", error=one_line(exc))
+                        self.stop_event.wait(LISTEN_RETRY_SECONDS)
+                    except Exception as exc:  # a bug: keep the traceback, keep the worker
+                        log.error("job_failed", job="listen", outcome="failed",
+                                  error=f"internal error: {type(exc).__name__}: {one_line(exc)}", exc_info=True)
+                        self.stop_event.wait(LISTEN_RETRY_SECONDS)
+        finally:
+            with self._idle:
+                self._running.pop("listen", None)
+                self._idle.notify_all()
 
     def _heartbeat(self, scheduler: BackgroundScheduler) -> None:
         next_runs = {

@@ -90,14 +90,16 @@ class _Faulty:
     without answering, "hang": never answer, "close-after": answer then
     close the connection while idle), then 200."""
 
-    def __init__(self, scripts: dict[str, list[str]], *, delay: float = 0.0) -> None:
+    def __init__(self, scripts: dict[str, list[str]], *, delay: float = 0.0, tls: Any = None) -> None:
         self.scripts = {key: list(steps) for key, steps in scripts.items()}
         self.delay = delay
         self.seen: Counter[str] = Counter()
         self.lock = threading.Lock()
         self.connections = 0
         self.listener = socket.create_server(("127.0.0.1", 0))
-        self.endpoint = f"http://127.0.0.1:{self.listener.getsockname()[1]}"
+        self.tls = tls
+        scheme = "https://localhost" if tls else "http://127.0.0.1"
+        self.endpoint = f"{scheme}:{self.listener.getsockname()[1]}"
         threading.Thread(target=self._accept, daemon=True).start()
 
     def _accept(self) -> None:
@@ -112,6 +114,11 @@ class _Faulty:
 
     def _serve(self, conn: socket.socket) -> None:
         buffer = b""
+        if self.tls is not None:
+            try:
+                conn = self.tls.wrap_socket(conn, server_side=True)
+            except OSError:
+                return
         with conn:
             while True:
                 while b"\r\n\r\n" not in buffer:
@@ -137,8 +144,9 @@ class _Faulty:
                     time.sleep(5)
                     return
                 status = {"200": "200 OK", "close-after": "200 OK", "503": "503 Slow Down",
-                          "500": "500 Internal Server Error"}[step]
-                conn.sendall(f"HTTP/1.1 {status}\r\nContent-Length: 5\r\nETag: \"e\"\r\n"
+                          "500": "500 Internal Server Error", "301": "301 Moved Permanently"}[step]
+                region = "x-amz-bucket-region: eu-west-1\r\n" if step == "301" else ""
+                conn.sendall(f"HTTP/1.1 {status}\r\nContent-Length: 5\r\nETag: \"e\"\r\n{region}"
                              f"Content-Type: image/png\r\n\r\n".encode())
                 if step == "close-after":
                     return
@@ -182,6 +190,16 @@ def test_503_500_and_resets_are_retried_with_backoff(faulty: Any) -> None:
     assert all(0 <= e["delay_seconds"] <= 0.01 * 2 ** (e["tries"] - 1) for e in retries)
 
 
+def test_a_bucket_in_another_region_is_asked_again_through_botocore(faulty: Any) -> None:
+    """A 301 that names the bucket's region goes to botocore (whose region redirection follows it): the
+    second request, botocore's, gets the answer."""
+    server = faulty({"b/moved": ["301"]})
+    with _client(server, max_attempts=1) as heads:
+        answer = heads.head("trr-test", "b/moved")
+    assert answer is not None and answer["ETag"] == '"e"' and answer["ContentType"] == "image/png"
+    assert server.seen["b/moved"] == 2
+
+
 def test_gives_up_after_max_attempts_with_one_line(faulty: Any) -> None:
     """A key that keeps failing is tried s3.max_attempts times in all, then a one-line StorageError."""
     server = faulty({"b/down": ["503"] * 10})
@@ -202,7 +220,7 @@ def test_a_kept_alive_connection_closed_while_idle_costs_no_try(faulty: Any) -> 
     """The server closes a connection after answering; the next HEAD, sent on it or on a new one, succeeds
     with one try allowed."""
     server = faulty({"b/first": ["close-after"]})
-    with _client(server, max_attempts=1, head_concurrency=1) as heads:
+    with _client(server, max_attempts=1, head_connections=1) as heads:
         assert heads.head("trr-test", "b/first") is not None
         assert heads.head("trr-test", "b/second") is not None
     assert server.seen == {"b/first": 1, "b/second": 1}
@@ -210,11 +228,11 @@ def test_a_kept_alive_connection_closed_while_idle_costs_no_try(faulty: Any) -> 
 
 
 def test_many_heads_wait_at_once_on_kept_alive_connections(faulty: Any) -> None:
-    """head_concurrency requests are in flight together, each connection reused for many."""
+    """head_connections requests are in flight together, each connection reused for many."""
     server = faulty({}, delay=0.2)
     keys = [f"b/{i}" for i in range(200)]
     started = time.perf_counter()
-    with _client(server, head_concurrency=50) as heads:
+    with _client(server, head_connections=50) as heads:
         answers = list(heads.heads("trr-test", keys))
     assert len(answers) == 200 and all(answers)
     assert time.perf_counter() - started < 200 * 0.2 / 10  # one at a time would take 40 s; 50 at once, ~0.8 s
@@ -272,3 +290,45 @@ def test_sync_writes_the_rows_botocores_heads_would(s3_server: S3Server, db_url:
         conn.execute("delete from trr_assets.delete_queue")
     assert written["native"] == written["botocore"]
     assert {r[3] for r in written["native"].values()} == {f"image/t{i}" for i in range(5)}
+
+
+def _self_signed(tmp_path: Any) -> tuple[Any, str]:
+    """A server TLS context for "localhost" and the path of its certificate (the client's CA bundle)."""
+    import datetime as dt
+    import ssl
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "localhost")])
+    now = dt.datetime.now(dt.timezone.utc)
+    cert = (x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(key.public_key())
+            .serial_number(x509.random_serial_number()).not_valid_before(now - dt.timedelta(minutes=5))
+            .not_valid_after(now + dt.timedelta(hours=1))
+            .add_extension(x509.SubjectAlternativeName([x509.DNSName("localhost")]), critical=False)
+            .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+            .sign(key, hashes.SHA256()))
+    cert_path, key_path = tmp_path / "cert.pem", tmp_path / "key.pem"
+    cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    key_path.write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                           serialization.NoEncryption()))
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.load_cert_chain(cert_path, key_path)
+    return context, str(cert_path)
+
+
+def test_heads_over_tls_verify_the_certificate_as_botocore_does(faulty: Any, tmp_path: Any,
+                                                                monkeypatch: pytest.MonkeyPatch) -> None:
+    """Over HTTPS, the client's CA bundle (AWS_CA_BUNDLE here) vouches for the server: HEADs succeed; with
+    the default bundle, the same server's certificate is refused, and that is a one-line StorageError."""
+    context, cert = _self_signed(tmp_path)
+    server = faulty({}, tls=context)
+    monkeypatch.setenv("AWS_CA_BUNDLE", cert)
+    with _client(server, max_attempts=1) as heads:
+        assert [a["ETag"] for a in heads.heads("trr-test", ["b/1", "b/2", "b/3"])] == ['"e"'] * 3
+    monkeypatch.delenv("AWS_CA_BUNDLE")
+    with _client(server, max_attempts=1) as heads, pytest.raises(StorageError, match="SSLCertVerificationError"):
+        heads.head("trr-test", "b/1")

@@ -152,6 +152,26 @@ def erasures(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
+def listen(args: argparse.Namespace, settings: Settings) -> int:
+    """Until SIGTERM or SIGINT (the batch being applied is finished, messages
+    not applied yet go back to the queue), or with ``--once`` until the
+    queues are empty. Prints the counts; exit 1 when a receive or a batch failed."""
+    import signal
+    import threading
+
+    from trr_assets import listen as job
+
+    stop = threading.Event()
+    previous = {sig: signal.signal(sig, lambda *_: stop.set()) for sig in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        report = job.run(settings, once=args.once, stop=stop)
+    finally:
+        for sig, old in previous.items():
+            signal.signal(sig, old)
+    render.print_json(report.as_dict())
+    return check(report, prefix="listen: ")
+
+
 def worker(args: argparse.Namespace, settings: Settings) -> int:
     from trr_assets import worker as daemon
 

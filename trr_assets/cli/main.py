@@ -117,6 +117,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="only deletions at or after T (ISO 8601; UTC when no offset is given)")
     p.set_defaults(handler=commands.erasures)
 
+    p = sub.add_parser("listen", help="apply S3 Event Notifications from the SQS queues of events.queue_urls")
+    p.add_argument("--once", action="store_true", help="stop when a receive comes back empty; print the counts")
+    p.set_defaults(handler=commands.listen)
+
     p = sub.add_parser("worker", help="the daemon: sync, deletes, reconcile on their schedules")
     p.add_argument("--once", action="store_true", help="run each job once and exit")
     p.set_defaults(handler=commands.worker)
