@@ -8,7 +8,7 @@ the shows and no assets: the merge of each key range against the (empty)
 rows, its HEAD thread pool, and its write path for new objects (per batch,
 the show look-up, a COPY straight into ``core.show_assets`` and one commit),
 its key ranges side by side as configured, each on its own connection. The
-notes add ``sync.upsert_objects(absent=True)`` alone, all 200,000 objects in
+notes add ``writer.upsert_objects(absent=True)`` alone, all 200,000 objects in
 one call on one connection with the HEAD answers handed over inline: the
 write path without the merge, where each batch is written while the next
 is parsed. The re-sync's figure is ``sync.run`` too: a no-op pass is the
@@ -26,7 +26,7 @@ import time
 import uuid
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Executor, Future
-from typing import Any
+from typing import TYPE_CHECKING, Any, cast
 
 import psycopg
 
@@ -34,6 +34,9 @@ from bench import data
 from bench.env import query
 from bench.harness import Benchmark, Context, Measured, Stat, megabytes, number, timed
 from bench.prefetched import PrefetchedS3
+
+if TYPE_CHECKING:  # PrefetchedS3 answers the calls sync makes, as a client would
+    from trr_assets.storage import S3Client
 
 PER_SHOW = 200
 BUCKET = data.BUCKET
@@ -84,15 +87,15 @@ class InlineExecutor(Executor):
 
 
 def _upsert(ctx: Context, url: str, d: _Data) -> tuple[float, Any]:
-    """sync.upsert_objects of every object into an empty clone, on one connection."""
-    from trr_assets import db, sync
+    """writer.upsert_objects of every object into an empty clone, on one connection."""
+    from trr_assets import db, writer
 
     settings = ctx.env.settings(url)
 
     def write() -> Any:
         with db.connect(settings.database, autocommit=True) as conn:
-            return sync.upsert_objects(conn, d.client, BUCKET, d.objects, settings=settings,
-                                       head_pool=InlineExecutor(), absent=True)
+            return writer.upsert_objects(conn, cast("S3Client", d.client), BUCKET, d.objects, settings=settings,
+                                         head_pool=InlineExecutor(), absent=True)
 
     return timed(write)
 
@@ -101,7 +104,7 @@ def _sync(ctx: Context, url: str, d: _Data) -> tuple[float, Any]:
     from trr_assets import sync
 
     settings = ctx.env.settings(url)
-    return timed(lambda: sync.run(settings, client=d.client))
+    return timed(lambda: sync.run(settings, client=cast("S3Client", d.client)))
 
 
 def _executemany(url: str, d: _Data) -> float:
@@ -196,7 +199,7 @@ def run_import(ctx: Context) -> Measured:
                f"{config.sync.batch_size:,}, HEADs in runs on its pool of {config.s3.head_concurrency} threads; "
                f"{len(d.shows):,} shows of {PER_SHOW} objects; the baseline writes the same rows in one "
                f"transaction.",
-               f"the write path alone, sync.upsert_objects(absent=True) of all {n:,} objects in one call on one "
+               f"the write path alone, writer.upsert_objects(absent=True) of all {n:,} objects in one call on one "
                f"connection, HEAD answers handed over inline: {alone.text()}.",
                f"against real S3, the HEADs set the pace instead: one HEAD costs the client "
                f"{heads.text()} of CPU (storage.head_object through botocore, 2,000 calls against "

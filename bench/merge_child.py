@@ -8,7 +8,7 @@ per measurement, so one size's memory never inflates another's figure (see
 ``peak_rss_mb`` for why the peak is read from ``/proc/self/status``).
 
 - ``merge``: ``diff.merge`` of the listing (generated lazily, in S3's order)
-  with ``diff.stream_rows`` (a streamed query), as reconcile consumes it:
+  with ``db.stream_rows`` (a streamed query), as reconcile consumes it:
   keys in sync counted, a ``Diff`` for every other key.
 - ``naive``: the same query fetched whole into a dict, the listing into
   another, then set differences and a comparison of the common keys.
@@ -27,7 +27,7 @@ from typing import Any
 import psycopg
 
 from bench import data
-from trr_assets import db, diff
+from trr_assets import db, diff, keys
 from trr_assets.runtime import tune_collector
 
 
@@ -51,7 +51,7 @@ def peak_rss_mb() -> float:
 
 def merge(conn: psycopg.Connection[Any], bucket: str, listing: Any) -> Counter[str]:
     with conn.transaction():  # the rows' stream runs in it
-        rows = diff.stream_rows(conn, bucket, diff.prefix_range(data.PREFIX))
+        rows = db.stream_rows(conn, bucket, keys.prefix_range(data.PREFIX))
         same = 0
         kinds: Counter[diff.Kind] = Counter()
         # As reconcile consumes it: equal keys counted, every other key one Diff.
@@ -62,7 +62,7 @@ def merge(conn: psycopg.Connection[Any], bucket: str, listing: Any) -> Counter[s
 
 
 def naive(conn: psycopg.Connection[Any], bucket: str, listing: Any) -> Counter[str]:
-    key_range = diff.prefix_range(data.PREFIX)
+    key_range = keys.prefix_range(data.PREFIX)
     params = {"bucket": bucket, "start_at": key_range.start_at, "stop_before": key_range.stop_before}
     with conn.cursor(binary=True) as cursor:  # binary, as stream_rows reads it
         fetched = cursor.execute(db.query("stream_rows_in_range"), params).fetchall()

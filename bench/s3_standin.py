@@ -321,13 +321,13 @@ async def _serve(server: Server, host: str, port: int) -> None:
     bound = listener.sockets[0].getsockname()
     print(json.dumps({"endpoint": f"http://{bound[0]}:{bound[1]}", "objects": len(server.bucket.keys)}),
           flush=True)
-    stdin_closed = loop.create_future()
+    stdin_closed: asyncio.Future[None] = loop.create_future()
 
-    def on_stdin() -> None:
-        if not stdin_closed.done() and not os.read(sys.stdin.fileno(), 4096):
+    def read_stdin() -> None:  # serve until the parent closes our stdin
+        if not os.read(sys.stdin.fileno(), 4096) and not stdin_closed.done():
             stdin_closed.set_result(None)
 
-    loop.add_reader(sys.stdin.fileno(), on_stdin)
+    loop.add_reader(sys.stdin.fileno(), read_stdin)
     await stdin_closed
     listener.close()
 

@@ -14,7 +14,7 @@ changes nothing: every event of it is then stale.
   the object's live state, so applying it late is harmless.
 - ``ObjectCreated:*``: when the row already holds the event's size and ETag,
   nothing is done (no HEAD: sync's SAME). Otherwise the object is written by
-  sync's own row writer (``sync.upsert_objects``: HEAD for content type and
+  the row writer (``writer.upsert_objects``: HEAD for content type and
   ``owner-id``, same columns, same skips, never a key whose deletion is
   queued).
 - ``ObjectRemoved:*``: with ``reconcile.orphaned_rows = "report"`` the row
@@ -43,7 +43,7 @@ from typing import Any
 import psycopg
 import structlog
 
-from trr_assets import db, keys, storage, storage_heads, sync
+from trr_assets import db, keys, storage, storage_heads, writer
 from trr_assets.config import Settings
 from trr_assets.events import Event, Kind, newest_per_key
 from trr_assets.storage import ObjectInfo
@@ -173,7 +173,7 @@ def _create(
     heads: Heads,
     rows: Counter[str],
 ) -> Outcome:
-    """Write the rows of created objects with sync's row writer; HEAD only
+    """Write the rows of created objects with the row writer; HEAD only
     those whose row does not already hold the event's size and ETag."""
     current = {
         key: (size, checksum)
@@ -190,8 +190,8 @@ def _create(
             write.append(ObjectInfo(event.key, event.size or 0, event.etag or "", event.event_time or _EPOCH))
     if not write:
         return Outcome()
-    counts = sync.upsert_objects(conn, s3, bucket, write, settings=settings, head_pool=heads.pool,
-                                 head_client=heads.native)
+    counts = writer.upsert_objects(conn, s3, bucket, write, settings=settings, head_pool=heads.pool,
+                                   head_client=heads.native)
     for name in ("inserted", "updated", "unchanged", "pending_deletes", "vanished"):
         rows[name] += getattr(counts, name)
     return Outcome(skipped=counts.skipped, skipped_by_reason=dict(counts.skipped_by_reason))

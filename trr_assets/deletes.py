@@ -495,10 +495,7 @@ def _delete_chunk(client: Any, bucket: str, chunk: Sequence[_Target], outcome: _
     by_key = {target.obj["Key"]: target.entry for target in chunk}
     outcome.requests += 1
     try:
-        with storage.wrap_errors("delete objects", bucket):
-            answer = client.delete_objects(
-                Bucket=bucket, Delete={"Objects": [t.obj for t in chunk], "Quiet": False}
-            )
+        answer = storage.delete_objects(client, bucket, [t.obj for t in chunk])  # type: ignore[misc]
     except StorageError as exc:
         log.warning("delete_objects_failed", bucket=bucket, keys=len(chunk), error=str(exc))
         outcome.refuse([t.entry for t in chunk], str(exc), whole_call=True)
@@ -508,12 +505,12 @@ def _delete_chunk(client: Any, bucket: str, chunk: Sequence[_Target], outcome: _
     for item in answer.get("Deleted", ()):
         marker = item.get("DeleteMarkerVersionId") if item.get("DeleteMarker") and "VersionId" not in item else None
         confirmed[(item.get("Key", ""), item.get("VersionId"))] = marker
-    for item in answer.get("Errors", ()):
-        key, code = item.get("Key", ""), item.get("Code", "")
+    for error in answer.get("Errors", ()):
+        key, code = error.get("Key", ""), error.get("Code", "")
         if code in _GONE_CODES:
-            confirmed[(key, item.get("VersionId"))] = None
+            confirmed[(key, error.get("VersionId"))] = None
         elif key in by_key:
-            outcome.refuse([by_key[key]], f"{code}: {item.get('Message') or code}")
+            outcome.refuse([by_key[key]], f"{code}: {error.get('Message') or code}")
     for target in chunk:
         pair = (target.obj["Key"], target.obj.get("VersionId"))
         if pair in confirmed:
@@ -534,8 +531,7 @@ def _delete_one(client: Any, bucket: str, target: _Target, outcome: _Outcome) ->
     """DeleteObject for a key that cannot travel in a DeleteObjects body."""
     entry, obj = target.entry, target.obj
     try:
-        with storage.wrap_errors("delete object", bucket):
-            answer = client.delete_object(Bucket=bucket, **obj)
+        answer = storage.delete_object(client, bucket, obj["Key"], version_id=obj.get("VersionId"))
     except StorageError as exc:
         if storage.error_code(exc.__cause__ or exc) in _GONE_CODES:
             outcome.confirmed.add(entry.id)

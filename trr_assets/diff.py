@@ -1,4 +1,5 @@
-"""The diff engine that sync and reconcile share.
+"""The diff engine that sync and reconcile share: pure, it takes two
+key-ordered iterables (``scan`` feeds it a listing and ``db``'s row stream).
 
 S3 lists keys in byte order, and ``core.show_assets.object_key`` is collated
 "C", so the listing and a streamed query over the rows are two sorted
@@ -21,17 +22,12 @@ from __future__ import annotations
 
 import enum
 import functools
-from collections.abc import Callable, Iterable, Iterator, Sequence
-from datetime import datetime
+from collections.abc import Callable, Iterable, Iterator
 from itertools import compress, count, islice
 from operator import eq, itemgetter, le, lt, ne
 from typing import Any, NamedTuple
 
-import psycopg
-
-from trr_assets import db, storage
-from trr_assets.keys import KeyRange, prefix_end
-from trr_assets.storage import ObjectInfo
+from trr_assets.records import ObjectInfo, RowInfo
 
 
 class Kind(enum.Enum):
@@ -45,21 +41,7 @@ class Kind(enum.Enum):
     __hash__ = object.__hash__
 
 
-# RowInfo and Diff are immutable NamedTuples rather than frozen dataclasses:
-# one per row read, and a NamedTuple is built about four times faster
-# (measured: 0.33 us against 1.2 us).
-
-
-class RowInfo(NamedTuple):
-    """A row of ``core.show_assets``, or (``queued``) a queued deletion."""
-
-    key: str
-    asset_id: str | None  # the row's uuid as text; None for a queue entry
-    size: int | None
-    etag: str | None
-    updated_at: datetime
-    queued: bool = False  # a trr_assets.delete_queue entry, not a row
-    queue_state: str | None = None  # 'pending' or 'failed' when queued
+# Diff and Batch are NamedTuples, like the records (see ``records``).
 
 
 class Diff(NamedTuple):
@@ -231,70 +213,3 @@ def _fold(chunk: list[RowInfo]) -> list[RowInfo]:
         else:
             folded.append(row)
     return folded
-
-
-# The query's columns are RowInfo's fields in order, so a row becomes a
-# RowInfo by tuple.__new__ in C, with no Python frame per row.
-_make_row_info = functools.partial(tuple.__new__, RowInfo)
-
-
-def _row_info_maker(_cursor: Any) -> Callable[[Sequence[Any]], RowInfo]:
-    return _make_row_info  # type: ignore[return-value]
-
-
-def stream_rows(
-    conn: psycopg.Connection[Any],
-    bucket: str,
-    key_range: KeyRange,
-    *,
-    itersize: int = 500,
-    compare_only: bool = False,
-) -> Iterator[RowInfo]:
-    """Rows and queued deletions of ``bucket`` in ``key_range``, in key order.
-
-    One query, streamed: PostgreSQL sends rows while Python merges the ones
-    already received (psycopg's ``Cursor.stream``, in chunks of
-    ``itersize`` rows), in binary (no text parsing) and straight into
-    ``RowInfo``; memory holds a chunk, whatever the range. (With a
-    server-side cursor's FETCH, one side idles while the other works: 10-30 %
-    slower over 1M rows on 2 cores, measured.) Run it inside a transaction.
-    ``compare_only``: rows carry only key, size and ETag (``asset_id`` and
-    ``updated_at`` are None), all that sync needs, and cheaper to read.
-
-    The query holds the connection until the stream is exhausted or closed:
-    close it (``merge`` does, however it ends) before using ``conn`` again.
-    Closing it early cancels the query, which aborts the transaction.
-    """
-    params = {"bucket": bucket, "start_at": key_range.start_at, "stop_before": key_range.stop_before}
-    cursor = conn.cursor(binary=True, row_factory=_row_info_maker)
-    # Chunked rows need libpq 17 (bundled with psycopg-binary); row by row otherwise.
-    size = itersize if psycopg.capabilities.has_stream_chunked() else 1
-    with db.wrap_errors(f"read rows of bucket {bucket}"):
-        if not compare_only:
-            conn.execute(db.query("stream_rows_in_utc"))
-        query = db.query("stream_row_keys_in_range" if compare_only else "stream_rows_in_range")
-        yield from cursor.stream(query, params, binary=True, size=size)
-
-
-def prefix_range(prefix: str) -> KeyRange:
-    """The whole prefix as one range."""
-    return KeyRange(prefix, prefix_end(prefix))
-
-
-def diff_range(
-    client: Any,
-    conn: psycopg.Connection[Any],
-    bucket: str,
-    prefix: str,
-    key_range: KeyRange,
-    splits: storage.ListingSplits | None = None,
-    *,
-    compare_only: bool = False,
-    page_size: int = 1000,
-) -> Iterator[Batch]:
-    """List ``key_range`` of ``bucket`` and merge it with its rows (see ``stream_rows``)."""
-    objects = storage.list_objects(
-        client, bucket, prefix=prefix, start_at=key_range.start_at, stop_before=key_range.stop_before,
-        page_size=page_size, splits=splits,
-    )
-    return merge(objects, stream_rows(conn, bucket, key_range, compare_only=compare_only))

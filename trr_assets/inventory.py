@@ -32,7 +32,7 @@ import zlib
 from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import datetime, timezone
-from typing import IO, Any
+from typing import IO, TYPE_CHECKING, Any
 
 import psycopg
 import structlog
@@ -40,7 +40,10 @@ import structlog
 from trr_assets import db, storage
 from trr_assets.errors import StorageError, UsageError
 from trr_assets.keys import KeyRange
-from trr_assets.storage import ObjectInfo
+from trr_assets.storage import ObjectInfo, S3Client
+
+if TYPE_CHECKING:
+    from botocore.response import StreamingBody
 
 log = structlog.get_logger()
 
@@ -74,7 +77,7 @@ def parse_s3_url(url: str, *, command: str = "reconcile") -> tuple[str, str]:
     return match.group(1), match.group(2)
 
 
-def read_manifest(client: Any, url: str, *, command: str = "reconcile") -> InventoryManifest:
+def read_manifest(client: S3Client, url: str, *, command: str = "reconcile") -> InventoryManifest:
     """Fetch and check an S3 Inventory ``manifest.json``."""
     bucket, key = parse_s3_url(url, command=command)
     body = storage.get_object_bytes(client, bucket, key, action="read inventory manifest")
@@ -117,7 +120,7 @@ def parse_manifest(body: bytes, url: str, bucket: str, *, command: str = "reconc
     )
 
 
-def entries(client: Any, manifest: InventoryManifest, file_key: str, prefix: str) -> Iterator[Entry]:
+def entries(client: S3Client, manifest: InventoryManifest, file_key: str, prefix: str) -> Iterator[Entry]:
     """(key, size, etag, last modified) of the current objects under ``prefix`` in one data file."""
     action = f"read inventory file {file_key}"
     if manifest.file_format == "CSV":
@@ -132,7 +135,9 @@ def entries(client: Any, manifest: InventoryManifest, file_key: str, prefix: str
         yield from _columnar_entries(spool, manifest, file_key, prefix)
 
 
-def _csv_entries(body: IO[bytes], manifest: InventoryManifest, file_key: str, prefix: str) -> Iterator[Entry]:
+def _csv_entries(
+    body: IO[bytes] | StreamingBody, manifest: InventoryManifest, file_key: str, prefix: str
+) -> Iterator[Entry]:
     at = {name: i for i, name in enumerate(manifest.columns)}
     key_at, size_at, date_at, etag_at = (at[c] for c in _CSV_REQUIRED)
     try:
@@ -161,7 +166,7 @@ def _csv_entries(body: IO[bytes], manifest: InventoryManifest, file_key: str, pr
 def _columnar_entries(spool: IO[bytes], manifest: InventoryManifest, file_key: str, prefix: str) -> Iterator[Entry]:
     kind = "Parquet" if manifest.file_format == "PARQUET" else "ORC"
     try:
-        import pyarrow
+        import pyarrow  # type: ignore[import-untyped]
     except ImportError:
         raise StorageError(f"s3: inventory file {file_key}: reading {kind} reports needs pyarrow "
                            f"(pip install 'trr-assets[inventory]')") from None
@@ -192,13 +197,13 @@ def _columnar_entries(spool: IO[bytes], manifest: InventoryManifest, file_key: s
 def _batches(spool: IO[bytes], file_format: str, file_key: str) -> Iterator[Any]:
     """The file's record batches, only the columns inventory reads."""
     if file_format == "PARQUET":
-        import pyarrow.parquet
+        import pyarrow.parquet  # type: ignore[import-untyped]
 
         parquet = pyarrow.parquet.ParquetFile(spool)
         wanted = _wanted(parquet.schema_arrow.names, file_key)
         yield from parquet.iter_batches(batch_size=_BATCH_ROWS, columns=wanted)
         return
-    import pyarrow.orc
+    import pyarrow.orc  # type: ignore[import-untyped]
 
     orc = pyarrow.orc.ORCFile(spool)
     wanted = _wanted(orc.schema.names, file_key)
@@ -218,7 +223,7 @@ def _short(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {lines[0]}" if lines else type(exc).__name__
 
 
-def load_inventory(conn: psycopg.Connection[Any], client: Any, manifest: InventoryManifest, prefix: str) -> int:
+def load_inventory(conn: psycopg.Connection[Any], client: S3Client, manifest: InventoryManifest, prefix: str) -> int:
     """COPY the report into a session temp table; return how many entries it holds.
 
     One transaction: a file that cannot be read leaves the table empty.

@@ -73,6 +73,11 @@ def prefix_end(prefix: str) -> str | None:
     return None
 
 
+def prefix_range(prefix: str) -> KeyRange:
+    """The whole prefix as one range."""
+    return KeyRange(prefix, prefix_end(prefix))
+
+
 def shard_ranges(prefix: str, shards: int) -> list[KeyRange]:
     """Split the keys under ``prefix`` into ``shards`` contiguous ranges.
 

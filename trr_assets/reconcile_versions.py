@@ -40,9 +40,10 @@ from typing import Any
 import psycopg
 import structlog
 
-from trr_assets import db, diff, erasures, keys, storage_versions
+from trr_assets import db, erasures, keys, storage_versions
 from trr_assets.config import Settings
 from trr_assets.errors import TrrAssetsError, one_line
+from trr_assets.records import RowInfo
 from trr_assets.storage_versions import UploadInfo, VersionInfo
 
 log = structlog.get_logger()
@@ -192,7 +193,7 @@ class VersionsPass:
         try:
             with db.wrap_errors(f"reconcile versions of bucket {bucket}"), self.pool.connection() as conn:
                 with conn.transaction():
-                    rows = diff.stream_rows(conn, bucket, key_range, compare_only=True)
+                    rows = db.stream_row_keys(conn, bucket, key_range)
                     pages = storage_versions.list_versions(
                         self.client, bucket, prefix=self.prefix, start_at=key_range.start_at,
                         stop_before=key_range.stop_before)
@@ -398,7 +399,7 @@ class VersionsPass:
                 log.warning("reconcile_bucket_refused", bucket=bucket, reason=state.refusal)
 
 
-def _with_rows(groups: Iterator[_Key], rows: Iterator[diff.RowInfo]) -> Iterator[tuple[_Key, bool]]:
+def _with_rows(groups: Iterator[_Key], rows: Iterator[RowInfo]) -> Iterator[tuple[_Key, bool]]:
     """Each key's versions, and whether it has a row or a queued deletion
     (both streams in key order; the row stream is closed at the end)."""
     row = next(rows, None)

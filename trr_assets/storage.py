@@ -1,4 +1,4 @@
-"""S3: the one client factory, listings, and error wrapping.
+"""S3: the one client factory, every S3 call trr-assets makes, and error wrapping.
 
 Every boto3 client trr-assets uses is made by ``make_client``, so endpoint,
 region, addressing style, retries, timeouts and signature version are decided
@@ -14,25 +14,37 @@ import email.utils
 import functools
 import os
 import queue
-import re
 import threading
-from collections.abc import Callable, Generator, Iterator
+from collections.abc import Callable, Generator, Iterator, Sequence
 from contextlib import contextmanager
 from datetime import datetime
-from typing import Any, Literal, NamedTuple, TypeVar, cast
-from xml.etree import ElementTree
+from typing import TYPE_CHECKING, Any, Literal, TypeVar, cast
 
 import boto3
 import botocore.config
 import botocore.exceptions
-import botocore.handlers
 import botocore.session
 import botocore.utils
 import structlog
 
+from trr_assets import listing_parser
 from trr_assets.config import S3Settings
 from trr_assets.errors import BucketNotFound, StorageError
 from trr_assets.keys import KeyRange, exact_prefix, split_points
+from trr_assets.records import ObjectInfo, object_info
+
+if TYPE_CHECKING:  # the stubs (boto3-stubs[s3]) are a test extra: annotations only
+    from botocore.response import StreamingBody
+    from mypy_boto3_s3 import S3Client
+    from mypy_boto3_s3.type_defs import (
+        CopySourceTypeDef,
+        DeleteObjectOutputTypeDef,
+        DeleteObjectsOutputTypeDef,
+        HeadObjectOutputTypeDef,
+        ObjectIdentifierTypeDef,
+    )
+else:
+    S3Client = Any
 
 log = structlog.get_logger()
 
@@ -42,27 +54,7 @@ _AddressingStyle = Literal["auto", "path", "virtual"]
 _session_lock = threading.Lock()
 
 
-class ObjectInfo(NamedTuple):
-    """One listed object. ``etag`` is the ETag without its quotes.
-
-    An immutable NamedTuple, not a frozen dataclass: one per listed key, and
-    it is built four times faster (see ``diff``).
-    """
-
-    key: str
-    size: int
-    etag: str
-    last_modified: datetime
-
-
-# An ObjectInfo built by tuple.__new__ in C (NamedTuple's own __new__ is a
-# Python function): one per listed key.
-object_info: Callable[[tuple[str, int, str, datetime]], ObjectInfo] = functools.partial(
-    tuple.__new__, ObjectInfo  # type: ignore[arg-type]
-)
-
-
-def make_client(settings: S3Settings, *, max_pool_connections: int | None = None) -> Any:
+def make_client(settings: S3Settings, *, max_pool_connections: int | None = None) -> S3Client:
     """A botocore S3 client configured from ``settings`` (SigV4, always).
 
     Thread-safe to use; creating one is not (boto3's default session is not),
@@ -89,7 +81,7 @@ def make_client(settings: S3Settings, *, max_pool_connections: int | None = None
         core.get_component("response_parser_factory").set_parser_defaults(timestamp_parser=parse_timestamp)
         session = boto3.session.Session(botocore_session=core, region_name=region)
         client = session.client("s3", endpoint_url=settings.endpoint_url or None, config=config)
-    _use_fast_listing_parser(client)
+    listing_parser.install(client, parse_timestamp)
     return client
 
 
@@ -164,169 +156,6 @@ def parse_timestamp(value: Any) -> datetime:
     return botocore.utils.parse_timestamp(value)
 
 
-# Listing pages, parsed fast.
-#
-# botocore parses a 1,000-key ListObjectsV2 page twice: once whole, to see
-# whether a 200 answer is an error document in disguise, then by walking the
-# response shape node by node in Python (~25 ms of a page's ~35 ms of client
-# CPU, measured). Sync and reconcile list from many threads under one
-# interpreter lock, so that CPU is what bounds a sharded listing. The parser
-# below is compiled from the same output shape and gives the same dict
-# (tests/storage/test_storage_listing.py checks it against botocore's own parser); it
-# runs on the ``before-parse`` event, puts its result where botocore merges
-# handler results, and hands botocore an empty page to parse. Anything it is
-# not sure of (an error document, a truncated body, a repeated scalar, a shape
-# it cannot compile) is left untouched for botocore, which then behaves
-# exactly as without it.
-
-_NAMESPACE = re.compile(r"\{.*\}")
-
-
-class _Unsure(Exception):
-    """The fast parser cannot vouch for botocore's answer: let botocore parse."""
-
-
-def _scalar(type_name: str, timestamp: Callable[[str], Any]) -> Callable[[str | None], Any]:
-    if type_name in ("string", "character"):
-        return lambda text: text if text is not None else ""
-    if type_name in ("integer", "long"):
-        return lambda text: int(text if text is not None else "")
-    if type_name == "boolean":
-        return lambda text: text == "true"
-    if type_name == "timestamp":
-        return lambda text: timestamp(text if text is not None else "")
-    raise _Unsure(type_name)
-
-
-class _Member(NamedTuple):
-    name: str
-    convert: Callable[[str | None], Any] | None  # a scalar's converter; None for a structure
-    fields: dict[str, _Member] | None  # a structure's members, by XML name
-    repeated: bool  # a flattened list: one element per item
-
-
-def _compile(shape: Any, timestamp: Callable[[str], Any]) -> dict[str, _Member]:
-    """A structure's body members by XML element name (botocore's rules)."""
-    table: dict[str, _Member] = {}
-    for name, member in shape.members.items():
-        where = member.serialization
-        if where.get("location") or where.get("eventheader"):
-            continue  # from the headers: botocore still parses those
-        if where.get("xmlAttribute") or where.get("xmlNamespace"):
-            raise _Unsure(name)
-        repeated = member.type_name == "list"
-        if repeated and not where.get("flattened"):
-            raise _Unsure(name)
-        item = member.member if repeated else member
-        xml_name = (item.serialization.get("name") if repeated else None) or where.get("name") or name
-        if item.type_name == "structure":
-            table[xml_name] = _Member(name, None, _compile(item, timestamp), repeated)
-        else:
-            table[xml_name] = _Member(name, _scalar(item.type_name, timestamp), None, repeated)
-    return table
-
-
-_UNKNOWN = _Member("", None, None, False)  # an element the model does not know
-
-
-def _member(table: dict[str, _Member], tag: str) -> _Member:
-    """The member for an element's tag. The tag, namespace and all, is added
-    to the table on first sight, so the namespace is stripped once, not per
-    element."""
-    member = table.get(tag)
-    if member is None:
-        member = table[tag] = table.get(_NAMESPACE.sub("", tag), _UNKNOWN)
-    return member
-
-
-def _parse_structure(node: ElementTree.Element, table: dict[str, _Member]) -> dict[str, Any]:
-    parsed: dict[str, Any] = {}
-    for child in node:
-        member = table.get(child.tag) or _member(table, child.tag)
-        if member is _UNKNOWN:
-            continue  # botocore ignores such elements too
-        if member.fields is None:
-            value = member.convert(child.text)  # type: ignore[misc]
-        else:
-            value = _parse_structure(child, member.fields)
-        if member.repeated:
-            parsed.setdefault(member.name, []).append(value)
-        elif member.name in parsed:
-            raise _Unsure(member.name)  # botocore would turn a repeated scalar into a list
-        else:
-            parsed[member.name] = value
-    return parsed
-
-
-class _ListingParser:
-    """One client's ``before-parse`` handler for listing answers
-    (ListObjectsV2, ListObjectVersions).
-
-    Registered for every S3 operation (``before-parse.s3.*``), because only a
-    handler there can run before botocore's own; it lets the others pass.
-    """
-
-    def __init__(self, tables: dict[str, tuple[str, dict[str, _Member]]]) -> None:
-        self._tables = tables  # operation name -> (root element, its table)
-
-    def parse(self, body: bytes, operation: str = "ListObjectsV2") -> dict[str, Any] | None:
-        """The page as botocore would parse it, or None when unsure."""
-        root_name, table = self._tables[operation]
-        try:
-            root = ElementTree.fromstring(body)
-            if _NAMESPACE.sub("", root.tag) != root_name:
-                return None  # an error document, answered with 200
-            return _parse_structure(root, table)
-        except (_Unsure, ElementTree.ParseError, ValueError, TypeError):
-            return None
-
-    def __call__(self, operation_model: Any, response_dict: dict[str, Any],
-                 customized_response_dict: dict[str, Any], **_: Any) -> None:
-        body = response_dict.get("body")
-        if operation_model.name not in self._tables or response_dict.get("status_code") != 200:
-            return
-        if not isinstance(body, bytes) or not body:
-            return
-        parsed = self.parse(body, operation_model.name)
-        if parsed is not None:
-            customized_response_dict.update(parsed)
-            response_dict["body"] = _EMPTY_PAGES[operation_model.name]
-
-
-# The listings parsed fast: operation name -> the root element of its answer.
-_FAST_LISTINGS = {"ListObjectsV2": "ListBucketResult", "ListObjectVersions": "ListVersionsResult"}
-_EMPTY_PAGES = {
-    name: f'<{root} xmlns="http://s3.amazonaws.com/doc/2006-03-01/"></{root}>'.encode()
-    for name, root in _FAST_LISTINGS.items()
-}
-
-
-def _use_fast_listing_parser(client: Any) -> None:
-    """Parse ``client``'s listing pages with ``_ListingParser`` (see above).
-
-    It must run before botocore's check for errors hidden in a 200 answer,
-    which parses the whole page again: that check is moved behind it, on this
-    client only. Should botocore rename it, the check stays where it is and
-    only the saving is lost.
-    """
-    tables = {}
-    for name, root in _FAST_LISTINGS.items():
-        shape = client.meta.service_model.operation_model(name).output_shape
-        try:
-            tables[name] = (root, _compile(shape, parse_timestamp))
-        except _Unsure:
-            continue
-    if not tables:
-        return
-    events = client.meta.events
-    check = getattr(botocore.handlers, "_handle_200_error", None)
-    if check is not None:
-        events.unregister("before-parse.s3.*", check)
-    events.register_first("before-parse.s3.*", _ListingParser(tables), unique_id="trr-assets-listing-parser")
-    if check is not None:
-        events.register_first("before-parse.s3.*", check)
-
-
 def strip_etag(etag: str | None) -> str:
     return (etag or "").strip('"')
 
@@ -369,7 +198,7 @@ def wrapped(exc: Exception, action: str, bucket: str | None = None) -> StorageEr
 _MISSING_OBJECT_CODES = frozenset({"404", "NoSuchKey", "NotFound"})
 
 
-def head_object(client: Any, bucket: str, key: str) -> dict[str, Any] | None:
+def head_object(client: S3Client, bucket: str, key: str) -> HeadObjectOutputTypeDef | None:
     """HEAD one object: S3's answer, or None when the object does not exist.
 
     A plain try/except rather than ``wrap_errors``: sync HEADs every new
@@ -377,23 +206,99 @@ def head_object(client: Any, bucket: str, key: str) -> dict[str, Any] | None:
     against an in-memory S3.
     """
     try:
-        return client.head_object(Bucket=bucket, Key=key)  # type: ignore[no-any-return]
+        return client.head_object(Bucket=bucket, Key=key)
     except (botocore.exceptions.ClientError, botocore.exceptions.BotoCoreError) as exc:
         if error_code(exc) in _MISSING_OBJECT_CODES:
             return None
         raise wrapped(exc, "head object", bucket) from exc
 
 
-def get_object_body(client: Any, bucket: str, key: str, *, action: str = "get object") -> Any:
-    """An object's body, a stream to read (errors while reading it are the caller's to wrap)."""
+# --- objects: read, copy, delete ----------------------------------------------
+
+_SINGLE_COPY_LIMIT = 5 * 1024**3  # CopyObject's limit; larger objects need a multipart copy
+_PRECONDITION_CODES = frozenset({"412", "PreconditionFailed"})
+
+
+def get_object_body(client: S3Client, bucket: str, key: str, *, action: str = "get object") -> StreamingBody:
+    """GET one object: its body, a stream (read it inside ``wrap_errors``: a
+    read can fail too)."""
     with wrap_errors(action, bucket):
         return client.get_object(Bucket=bucket, Key=key)["Body"]
 
 
-def get_object_bytes(client: Any, bucket: str, key: str, *, action: str = "get object") -> bytes:
-    """An object's whole body."""
+def get_object_bytes(client: S3Client, bucket: str, key: str, *, action: str = "get object") -> bytes:
+    """GET one object: its whole body."""
     with wrap_errors(action, bucket):
-        return get_object_body(client, bucket, key, action=action).read()  # type: ignore[no-any-return]
+        return get_object_body(client, bucket, key, action=action).read()
+
+
+def copy_if_unchanged(client: S3Client, bucket: str, key: str, target: str, *, etag: str, size: int) -> bool:
+    """Copy ``key`` to ``target`` in ``bucket`` if it still has ``etag``
+    (metadata kept); False when it changed meanwhile."""
+    source: CopySourceTypeDef = {"Bucket": bucket, "Key": key}
+    try:
+        with wrap_errors("copy object to quarantine", bucket):
+            if size <= _SINGLE_COPY_LIMIT:
+                client.copy_object(
+                    Bucket=bucket, Key=target, CopySource=source,
+                    CopySourceIfMatch=f'"{etag}"', MetadataDirective="COPY",
+                )
+            else:
+                client.copy(source, bucket, target, ExtraArgs={"CopySourceIfMatch": f'"{etag}"'})
+    except StorageError as exc:
+        if error_code(exc.__cause__ or exc) in _PRECONDITION_CODES:
+            return False
+        raise
+    return True
+
+
+def delete_object(
+    client: S3Client, bucket: str, key: str, *, version_id: str | None = None
+) -> DeleteObjectOutputTypeDef:
+    """DeleteObject: ``key`` (one version of it, with ``version_id``); S3's answer."""
+    with wrap_errors("delete object", bucket):
+        if version_id is None:
+            return client.delete_object(Bucket=bucket, Key=key)
+        return client.delete_object(Bucket=bucket, Key=key, VersionId=version_id)
+
+
+def delete_objects(
+    client: S3Client, bucket: str, objects: Sequence[ObjectIdentifierTypeDef]
+) -> DeleteObjectsOutputTypeDef:
+    """One DeleteObjects request (``{"Key", "VersionId"?}`` each, at most
+    1,000): S3's answer, ``Deleted`` and ``Errors``."""
+    with wrap_errors("delete objects", bucket):
+        return client.delete_objects(Bucket=bucket, Delete={"Objects": objects, "Quiet": False})
+
+
+def object_versions(client: S3Client, bucket: str, key: str) -> Iterator[str]:
+    """The version ids (delete markers included) of exactly ``key``."""
+    params: dict[str, Any] = {"Bucket": bucket, "Prefix": key}
+    while True:
+        with wrap_errors("list object versions", bucket):
+            page = client.list_object_versions(**params)
+        for item in [*page.get("Versions", ()), *page.get("DeleteMarkers", ())]:
+            if item["Key"] == key:
+                yield item["VersionId"]
+        # Listings are in key order and ``key`` sorts first among the keys it
+        # prefixes: once the listing has moved past it, it is done.
+        if not page.get("IsTruncated") or page.get("NextKeyMarker") != key:
+            return
+        params["KeyMarker"] = page["NextKeyMarker"]
+        params["VersionIdMarker"] = page["NextVersionIdMarker"]
+
+
+def put_object(client: S3Client, bucket: str, key: str, body: bytes, *, content_type: str) -> None:
+    with wrap_errors("put object", bucket):
+        client.put_object(Bucket=bucket, Key=key, Body=body, ContentType=content_type)
+
+
+def create_bucket(client: S3Client, bucket: str) -> None:
+    with wrap_errors("create bucket", bucket):
+        client.create_bucket(Bucket=bucket)
+
+
+# --- listings --------------------------------------------------------------------
 
 
 class ListingSplits:
@@ -415,7 +320,7 @@ class ListingSplits:
 
 
 def list_objects(
-    client: Any,
+    client: S3Client,
     bucket: str,
     *,
     prefix: str = "",
@@ -475,7 +380,7 @@ def clip(items: list[_Keyed], start_at: str | None, stop_before: str | None) -> 
 
 
 def _pages(
-    client: Any,
+    client: S3Client,
     bucket: str,
     prefix: str,
     start_at: str | None,
@@ -539,7 +444,7 @@ def _split(splits: ListingSplits, contents: Any, stop_before: str | None, prefix
 
 
 def _split_listing(
-    client: Any,
+    client: S3Client,
     bucket: str,
     prefix: str,
     stop_before: str | None,
@@ -624,7 +529,7 @@ class _Ahead:
         self._closed.set()
 
 
-def check_bucket(client: Any, bucket: str) -> None:
+def check_bucket(client: S3Client, bucket: str) -> None:
     """Raise ``BucketNotFound`` unless ``bucket`` exists and is reachable."""
     with wrap_errors("check bucket", bucket):
         client.head_bucket(Bucket=bucket)

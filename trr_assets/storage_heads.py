@@ -26,8 +26,6 @@ redirection follows it.
 from __future__ import annotations
 
 import asyncio
-import email.utils
-import http
 import random
 import ssl
 import threading
@@ -37,13 +35,12 @@ from collections import deque
 from collections.abc import Iterator, Sequence
 from concurrent.futures import Future, InvalidStateError
 from contextlib import contextmanager
-from datetime import datetime, timezone
 from typing import Any
 from urllib.parse import urlsplit
 
 import structlog
 
-from trr_assets import storage
+from trr_assets import storage, storage_http
 from trr_assets.config import S3Settings
 from trr_assets.errors import StorageError
 from trr_assets.sigv4 import HeaderSigner
@@ -54,10 +51,6 @@ RETRY_STATUSES = frozenset({500, 502, 503, 504})
 RUN = 64  # keys per task handed to the loop: one hand-over per run, not per key
 _USER_AGENT = "trr-assets"
 _MAX_HEAD_BYTES = 65536  # a response head larger than this is not S3's
-
-
-class _Retry(Exception):
-    """A try failed in a way worth another (an answer that is not HTTP)."""
 
 
 def native_possible(client: Any) -> str | None:
@@ -96,57 +89,6 @@ def for_client(client: Any, settings: S3Settings) -> Iterator[HeadClient | None]
         return
     with HeadClient(client, settings) as heads:
         yield heads
-
-
-def _parse_head(head: bytes) -> tuple[int, dict[str, str]]:
-    """(status, headers by lower-case name) of an HTTP/1.1 response head."""
-    lines = head.decode("latin-1").split("\r\n")
-    parts = lines[0].split(" ", 2)
-    if len(parts) < 2 or not parts[0].startswith("HTTP/1.") or not parts[1].isdigit():
-        raise _Retry(f"not an HTTP response: {lines[0][:80]!r}")
-    headers: dict[str, str] = {}
-    for line in lines[1:]:
-        name, sep, value = line.partition(":")
-        if sep:
-            headers[name.lower()] = value.strip()
-    return int(parts[1]), headers
-
-
-_MONTHS = {name: number for number, name in enumerate(
-    ("Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec"), start=1)}
-
-
-def _http_date(value: str | None) -> datetime | None:
-    """An HTTP date: IMF-fixdate ("Mon, 01 Jan 2024 00:00:00 GMT", what S3
-    sends) by slicing, anything else by the email module; None if unreadable."""
-    if not value:
-        return None
-    if len(value) == 29 and value[3:5] == ", " and value.endswith(" GMT") and value[8:11] in _MONTHS:
-        try:
-            return datetime(int(value[12:16]), _MONTHS[value[8:11]], int(value[5:7]), int(value[17:19]),
-                            int(value[20:22]), int(value[23:25]), tzinfo=timezone.utc)
-        except ValueError:
-            pass
-    try:
-        return email.utils.parsedate_to_datetime(value)
-    except (TypeError, ValueError):
-        return None
-
-
-def answer_of(headers: dict[str, str]) -> dict[str, Any]:
-    """A 200 answer's headers as botocore's ``head_object`` gives them (the keys sync reads)."""
-    metadata = {name[11:]: value for name, value in headers.items() if name.startswith("x-amz-meta-")}
-    answer: dict[str, Any] = {"Metadata": metadata}
-    if "content-length" in headers:
-        answer["ContentLength"] = int(headers["content-length"])
-    if "etag" in headers:
-        answer["ETag"] = headers["etag"]
-    if "content-type" in headers:
-        answer["ContentType"] = headers["content-type"]
-    modified = _http_date(headers.get("last-modified"))
-    if modified is not None:
-        answer["LastModified"] = modified
-    return answer
 
 
 class _Run:
@@ -373,7 +315,7 @@ class HeadClient:
 
     async def _open(self, origin: _Origin) -> None:
         if origin.secure and self._ssl is None:
-            self._ssl = _ssl_context(self._client)
+            self._ssl = storage_http.ssl_context(self._client)
         try:
             _, conn = await asyncio.wait_for(
                 self._loop.create_connection(lambda: _Connection(origin), origin.host, origin.port,
@@ -381,7 +323,7 @@ class HeadClient:
                                              server_hostname=origin.host if origin.secure else None),
                 self._connect_timeout,
             )
-        except (OSError, TimeoutError, ssl.SSLError) as exc:
+        except (TimeoutError, OSError, ssl.SSLError) as exc:
             origin.opening -= 1
             reason = f"cannot connect to {origin.netloc}: {type(exc).__name__}: {exc}".rstrip(": ")
             if origin.waiting:  # the connection was for the next request: that try failed
@@ -426,8 +368,8 @@ class HeadClient:
     def _answered(self, conn: _Connection, request: _Request, head: bytes) -> None:
         origin = conn.origin
         try:
-            status, headers = _parse_head(head)
-        except _Retry as exc:
+            status, headers = storage_http.parse_head(head)
+        except storage_http.NotHttp as exc:
             conn.close()
             self._retry(request, str(exc))
             return
@@ -436,15 +378,16 @@ class HeadClient:
         else:
             origin.idle.append(conn)
         if status == 200:
-            request.run.answer(request.index, answer_of(headers))
+            request.run.answer(request.index, storage_http.answer_of(headers))
         elif status == 404:
             request.run.answer(request.index, None)
         elif status in RETRY_STATUSES:
-            self._retry(request, f"{status}: {_phrase(status)}")
+            self._retry(request, f"{status}: {storage_http.phrase(status)}")
         elif status in (301, 307, 400) and "x-amz-bucket-region" in headers:
             self._by_botocore(request)
         else:
-            request.run.fail(StorageError(f"s3: head object (bucket {request.bucket}): {status}: {_phrase(status)}"))
+            reason = f"{status}: {storage_http.phrase(status)}"
+            request.run.fail(StorageError(f"s3: head object (bucket {request.bucket}): {reason}"))
         self._pump(origin)
 
     def _lost(self, conn: _Connection, exc: Exception | None) -> None:
@@ -498,29 +441,3 @@ class HeadClient:
             self._pump(origin)
 
         self._loop.call_later(delay, again)
-
-
-def _phrase(status: int) -> str:
-    """The reason botocore gives for an error answer without a body (a HEAD's)."""
-    try:
-        return http.HTTPStatus(status).phrase
-    except ValueError:
-        return "Unknown"
-
-
-def _ssl_context(client: Any) -> ssl.SSLContext:
-    """Verify certificates as the botocore client does (its CA bundle, or not at all)."""
-    verify: Any = True
-    session = getattr(getattr(client, "_endpoint", None), "http_session", None)
-    if session is not None:
-        verify = getattr(session, "_verify", True)
-    if verify is False:
-        context = ssl.create_default_context()
-        context.check_hostname = False
-        context.verify_mode = ssl.CERT_NONE
-        return context
-    if verify is True:
-        from botocore.httpsession import get_cert_path
-
-        verify = get_cert_path(True)
-    return ssl.create_default_context(cafile=verify)

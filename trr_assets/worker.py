@@ -62,6 +62,7 @@ from apscheduler.triggers.interval import IntervalTrigger
 from trr_assets import db, deletes, listen, reconcile, storage, sync
 from trr_assets.config import Settings
 from trr_assets.errors import PartialFailure, RepairRefused, TrrAssetsError, one_line
+from trr_assets.storage import S3Client
 
 log = structlog.get_logger()
 
@@ -83,7 +84,7 @@ class JobContext:
     """What a run gets: the settings, the worker's S3 client, the stop flag."""
 
     settings: Settings
-    s3: Any  # one boto3 client per worker, shared by its jobs (clients are thread-safe)
+    s3: S3Client  # one boto3 client per worker, shared by its jobs (clients are thread-safe)
     stop: threading.Event  # set once the worker is asked to stop
 
 
@@ -182,7 +183,7 @@ def default_jobs(settings: Settings) -> list[Job]:
 class Worker:
     """Runs jobs on their schedules (``serve``) or each once (``run_once``)."""
 
-    def __init__(self, settings: Settings, *, jobs: Sequence[Job] | None = None, s3: Any = None) -> None:
+    def __init__(self, settings: Settings, *, jobs: Sequence[Job] | None = None, s3: S3Client | None = None) -> None:
         self.settings = settings
         self.jobs = list(default_jobs(settings) if jobs is None else jobs)
         self.stop_event = threading.Event()
@@ -226,7 +227,7 @@ class Worker:
     # -- one run
 
     @property
-    def s3(self) -> Any:
+    def s3(self) -> S3Client:
         with self._s3_lock:
             if self._s3 is None:
                 # One client for every job (its pool has room for a job's listings and HEADs).

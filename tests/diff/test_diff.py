@@ -14,7 +14,7 @@ from hypothesis import strategies as st
 
 from tests.support.postgres import make_show
 from tests.support.s3 import TEST_BUCKET
-from trr_assets import diff, keys, storage
+from trr_assets import db, diff, keys, scan, storage
 from trr_assets.config import S3Settings
 from trr_assets.diff import Kind, RowInfo
 from trr_assets.storage import ObjectInfo
@@ -183,7 +183,7 @@ def test_listing_and_row_cursor_agree_on_byte_order(conn, s3):
         found = []
         with conn.transaction():
             for rng in keys.shard_ranges("shows/", shards):
-                found += list(diff.diff_range(client, conn, TEST_BUCKET, "shows/", rng))
+                found += list(scan.diff_range(client, conn, TEST_BUCKET, "shows/", rng))
         assert [d for batch in found for d in batch.diffs] == []  # no key differs, is missing or extra
         assert sum(batch.same for batch in found) == len(names)
 
@@ -292,7 +292,8 @@ def test_sharded_listing_does_not_read_into_the_next_shard(s3):
 
 
 def test_compare_only_stream_carries_what_sync_compares(conn):
-    """compare_only rows hold key, size and ETag (no id, no timestamp); queue entries stay marked."""
+    """The light row stream (stream_row_keys) holds key, size and ETag (no id, no timestamp); queue entries
+    stay marked."""
     show = make_show(conn)
     conn.execute(
         "insert into core.show_assets (show_id, bucket, object_key, size_bytes, checksum) "
@@ -301,8 +302,8 @@ def test_compare_only_stream_carries_what_sync_compares(conn):
     )
     conn.execute("delete from core.show_assets where object_key = 'shows/b'")  # queued
     with conn.transaction():
-        full = list(diff.stream_rows(conn, TEST_BUCKET, diff.prefix_range("shows/")))
-        light = list(diff.stream_rows(conn, TEST_BUCKET, diff.prefix_range("shows/"), compare_only=True))
+        full = list(db.stream_rows(conn, TEST_BUCKET, keys.prefix_range("shows/")))
+        light = list(db.stream_row_keys(conn, TEST_BUCKET, keys.prefix_range("shows/")))
     assert [(r.key, r.size, r.etag, r.queued) for r in light] == [(r.key, r.size, r.etag, r.queued) for r in full]
     assert [(r.key, r.queued) for r in light] == [("shows/a", False), ("shows/b", True)]
     assert light[0].asset_id is None and light[0].updated_at is None
@@ -342,7 +343,7 @@ def test_row_stream_stopped_part_way_frees_its_connection(conn):
     )
     listing = [ObjectInfo(f"shows/{i:05d}", 1, "e", NOW) for i in range(1, 3001)]
     with conn.transaction():
-        rows = diff.stream_rows(conn, TEST_BUCKET, diff.prefix_range("shows/"), itersize=10)
+        rows = db.stream_rows(conn, TEST_BUCKET, keys.prefix_range("shows/"), itersize=10)
         merged = diff.merge(listing, rows, chunk_size=10)
         assert next(merged) == (10, [])
         merged.close()

@@ -21,7 +21,7 @@ from tests.reconcile.helpers import (
 )
 from tests.support.postgres import make_show
 from tests.support.s3 import TEST_BUCKET, make_settings
-from trr_assets import diff, errors, reconcile, storage
+from trr_assets import db, errors, reconcile, storage
 from trr_assets.errors import DatabaseError
 from trr_assets.reconcile import ReconcileOptions
 
@@ -347,7 +347,7 @@ def test_row_query_failing_part_way_refuses_repair(conn, s3, db_url, monkeypatch
         key = f"shows/{show}/{i}.jpg"
         add_row(conn, show, key, size=4, etag=put(s3, key))
     put(s3, f"shows/{show}/orphan.jpg")
-    real_stream_rows = diff.stream_rows
+    real_stream_rows = db.stream_rows
     calls: list[int] = []
 
     def failing_stream_rows(*args, **kwargs):
@@ -357,7 +357,7 @@ def test_row_query_failing_part_way_refuses_repair(conn, s3, db_url, monkeypatch
                 raise DatabaseError("database: read rows of bucket: connection lost (injected)")
             yield row
 
-    monkeypatch.setattr(diff, "stream_rows", failing_stream_rows)
+    monkeypatch.setattr(db, "stream_rows", failing_stream_rows)
     settings = make_settings(
         db_url, s3={"list_shards": 1}, reconcile={"orphaned_objects": "delete", "orphaned_rows": "delete", **LOOSE}
     )

@@ -13,7 +13,7 @@ import pytest
 from tests.reconcile.helpers import add_row, enqueue, put, run, write_config
 from tests.support.postgres import make_show
 from tests.support.s3 import TEST_BUCKET, make_settings
-from trr_assets import cli, db, erasures, reconcile, storage_versions
+from trr_assets import cli, db, erasures, errors, reconcile, storage_versions
 from trr_assets.errors import StorageError
 
 LOOSE = {"max_delete_fraction": 1.0, "incomplete_upload_days": 0}
@@ -200,7 +200,7 @@ def test_caps_refuse_the_bucket_and_nothing_is_deleted(conn, versioned, db_url):
     b = plant(conn, versioned)
     settings = make_settings(db_url, reconcile={**REPAIR_ALL, "max_deletes": 3})
 
-    with pytest.raises(reconcile.ReconcileRefused) as refused:
+    with pytest.raises(errors.ReconcileRefused) as refused:
         run(settings, versions=True, repair=True)
 
     assert "6 deletions of versions, markers and uploads exceed reconcile.max_deletes 3 by 3" in str(refused.value)
@@ -215,7 +215,7 @@ def test_fraction_cap_counts_versions_and_markers(conn, versioned, db_url):
     plant(conn, versioned)
     settings = make_settings(db_url, reconcile={**REPAIR_ALL, "max_delete_fraction": 0.2})
 
-    with pytest.raises(reconcile.ReconcileRefused) as refused:
+    with pytest.raises(errors.ReconcileRefused) as refused:
         run(settings, versions=True, repair=True)
 
     assert "4 of 12 versions and markers, above reconcile.max_delete_fraction 0.2" in str(refused.value)
@@ -232,7 +232,7 @@ def test_a_listing_failing_part_way_refuses_and_deletes_nothing(conn, versioned,
         yield from real(client, bucket, **kw)
 
     monkeypatch.setattr(storage_versions, "list_versions", failing)
-    with pytest.raises(reconcile.ReconcileRefused) as refused:
+    with pytest.raises(errors.ReconcileRefused) as refused:
         run(settings, versions=True, repair=True)
 
     assert "a listing or query failed part way" in str(refused.value) and "injected" in str(refused.value)

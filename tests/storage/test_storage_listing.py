@@ -20,7 +20,7 @@ from hypothesis import strategies as st
 
 from tests.support.s3 import TEST_BUCKET, make_settings
 from tests.support.s3_faults import RawBody
-from trr_assets import storage
+from trr_assets import listing_parser, storage
 
 NS = "http://s3.amazonaws.com/doc/2006-03-01/"
 
@@ -43,8 +43,8 @@ def botocore_parse(body: bytes) -> dict[str, Any]:
 
 
 def _listing_parser() -> Any:
-    table = storage._compile(SHAPE, storage.parse_timestamp)
-    return storage._ListingParser({"ListObjectsV2": ("ListBucketResult", table)})
+    table = listing_parser.compile_shape(SHAPE, storage.parse_timestamp)
+    return listing_parser.ListingParser({"ListObjectsV2": ("ListBucketResult", table)})
 
 
 def fast_parse(body: bytes) -> dict[str, Any] | None:
@@ -163,7 +163,7 @@ def test_the_fast_parser_does_the_parsing_on_make_clients_clients(s3: Any, monke
 
     fast.meta.events.register("before-parse.s3.ListObjectsV2", spy)
     assert [o["Key"] for o in fast.list_objects_v2(Bucket=TEST_BUCKET)["Contents"]] == ["shows/a"]
-    assert seen == [storage._EMPTY_PAGES["ListObjectsV2"]]
+    assert seen == [listing_parser.EMPTY_PAGES["ListObjectsV2"]]
 
 
 @pytest.mark.parametrize("first_answer", [

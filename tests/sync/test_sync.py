@@ -13,6 +13,7 @@ from tests.support.s3 import TEST_BUCKET
 from tests.sync.helpers import HeadCounter, put, rows, run, show_key, sync_settings, versions
 from trr_assets import sync
 from trr_assets.cli.render import SyncBar
+from trr_assets.ids import time_ordered
 
 
 def test_first_sync_inserts_rows_with_object_metadata(conn, db_url, s3):
@@ -235,7 +236,7 @@ def test_new_rows_get_time_ordered_ids_in_key_order(conn, db_url, s3):
 
 def test_time_ordered_ids_stay_ordered_past_the_counters_low_half():
     """The 24-bit counter carries from its low 12 bits into rand_a: 5,000 ids still sort in order, all distinct."""
-    ids = [uuid.UUID(text) for text in sync._time_ordered_ids(5000)]
+    ids = [uuid.UUID(text) for text in time_ordered(5000)]
 
     assert ids == sorted(ids) and len(set(ids)) == 5000
     assert {(i.version, i.variant) for i in ids} == {(7, uuid.RFC_4122)}

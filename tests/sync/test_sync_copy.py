@@ -25,6 +25,7 @@ from tests.sync.helpers import (
 from trr_assets import sync
 from trr_assets.errors import StorageError
 from trr_assets.storage import ObjectInfo
+from trr_assets.writer import upsert_objects
 
 
 def _objects(s3: Any, show: uuid.UUID, count: int) -> list[ObjectInfo]:
@@ -53,7 +54,7 @@ def test_new_keys_are_copied_straight_into_the_table(conn, db_url, s3):
     settings = sync_settings(db_url)
 
     with structlog.testing.capture_logs() as logs, psycopg.connect(db_url, autocommit=True) as writer:
-        counts = sync.upsert_objects(writer, s3, TEST_BUCKET, objects, settings=settings, absent=True)
+        counts = upsert_objects(writer, s3, TEST_BUCKET, objects, settings=settings, absent=True)
         staging = _staging_table(writer)
 
     assert (counts.inserted, counts.updated, counts.skipped) == (6, 0, 0)
@@ -76,7 +77,7 @@ def test_a_row_that_appeared_since_the_merge_sends_the_batch_through_the_upsert(
     settings = sync_settings(db_url)
 
     with structlog.testing.capture_logs() as logs, psycopg.connect(db_url, autocommit=True) as writer:
-        counts = sync.upsert_objects(writer, s3, TEST_BUCKET, objects, settings=settings, absent=True)
+        counts = upsert_objects(writer, s3, TEST_BUCKET, objects, settings=settings, absent=True)
 
     assert (counts.inserted, counts.updated) == (3, 1)
     assert rows(conn)[taken.key][1:3] == (taken.size, taken.etag)
@@ -101,11 +102,11 @@ def test_copy_never_re_creates_a_key_whose_deletion_is_queued(conn, db_url, s3, 
     with structlog.testing.capture_logs() as logs, psycopg.connect(db_url, autocommit=not nested) as writer:
         if nested:
             with writer.transaction():
-                counts = sync.upsert_objects(writer, s3, TEST_BUCKET, objects, settings=settings, absent=True)
+                counts = upsert_objects(writer, s3, TEST_BUCKET, objects, settings=settings, absent=True)
                 guard = writer.execute("select current_setting('trr_assets.refuse_queued_keys', true)").fetchone()
             assert guard == ("off",)
         else:
-            counts = sync.upsert_objects(writer, s3, TEST_BUCKET, objects, settings=settings, absent=True)
+            counts = upsert_objects(writer, s3, TEST_BUCKET, objects, settings=settings, absent=True)
 
     assert set(rows(conn)) == {objects[0].key, objects[2].key}
     assert conn.execute("select object_key, state from trr_assets.delete_queue").fetchall() == [(queued.key, "pending")]
@@ -136,7 +137,7 @@ def test_a_show_deleted_after_the_look_up_is_counted_unknown_not_fatal(conn, db_
     settings = sync_settings(db_url)
 
     with structlog.testing.capture_logs() as logs, psycopg.connect(db_url, autocommit=True) as writer:
-        counts = sync.upsert_objects(
+        counts = upsert_objects(
             writer, _DeletesShowOnFirstHead(s3, db_url, doomed), TEST_BUCKET, objects, settings=settings, absent=True
         )
 
@@ -157,7 +158,7 @@ def test_copy_waits_for_an_uncommitted_row_of_the_same_key_then_upserts(conn, db
             " values (%s, %s, %s, 1, 'x')",
             (show, TEST_BUCKET, objects[0].key),
         )
-        counts = upsert_blocked_until_commit(conn, other, db_url, lambda writer: sync.upsert_objects(
+        counts = upsert_blocked_until_commit(conn, other, db_url, lambda writer: upsert_objects(
             writer, s3, TEST_BUCKET, objects, settings=settings, absent=True))
 
     assert (counts.inserted, counts.updated) == (1, 1)
@@ -178,7 +179,7 @@ def test_many_batches_are_written_in_order_each_once_with_the_callers_log_contex
 
     with structlog.testing.capture_logs(processors=[structlog.contextvars.merge_contextvars]) as logs:
         with structlog.contextvars.bound_contextvars(job="sync"), psycopg.connect(db_url, autocommit=True) as writer:
-            counts = sync.upsert_objects(writer, s3, TEST_BUCKET, objects, settings=settings, absent=absent)
+            counts = upsert_objects(writer, s3, TEST_BUCKET, objects, settings=settings, absent=absent)
 
     assert (counts.inserted, counts.updated) == (19, 1)
     assert {key: row[1:3] for key, row in rows(conn).items()} == {o.key: (o.size, o.etag) for o in objects}
@@ -195,7 +196,7 @@ def test_an_s3_error_mid_copy_keeps_the_batches_before_it_and_nothing_of_its_own
 
     with psycopg.connect(db_url, autocommit=True) as writer:
         with pytest.raises(StorageError, match="boom"):
-            sync.upsert_objects(writer, FailingHeads(s3, objects[failing].key), TEST_BUCKET, objects,
+            upsert_objects(writer, FailingHeads(s3, objects[failing].key), TEST_BUCKET, objects,
                                 settings=settings, absent=True)
         status = writer.info.transaction_status
 
@@ -211,7 +212,7 @@ def test_unsorted_and_repeated_keys_are_written_once_each_in_key_order(conn, db_
     listing = [*reversed(objects), objects[2], objects[0]]
 
     with psycopg.connect(db_url, autocommit=True) as writer:
-        counts = sync.upsert_objects(writer, s3, TEST_BUCKET, listing, settings=sync_settings(db_url), absent=absent)
+        counts = upsert_objects(writer, s3, TEST_BUCKET, listing, settings=sync_settings(db_url), absent=absent)
 
     ids = [r[0] for r in conn.execute("select id from core.show_assets order by object_key").fetchall()]
     assert counts.inserted == 6 and len(ids) == 6

@@ -22,10 +22,11 @@ from tests.sync.helpers import (
     sync_settings,
     upsert_blocked_until_commit,
 )
-from trr_assets import cli, sync
+from trr_assets import cli
 from trr_assets.config import Settings
 from trr_assets.errors import DatabaseError, StorageError
 from trr_assets.storage import ObjectInfo
+from trr_assets.writer import upsert_objects
 
 MISSING_BUCKET = "trr-test-no-such-bucket"
 
@@ -151,7 +152,7 @@ def test_upsert_objects_deduplicates_within_a_batch_and_counts_vanished_objects(
     ghost = ObjectInfo(gone, 1, "0" * 32, datetime.now(timezone.utc))
 
     with psycopg.connect(db_url, autocommit=True) as writer:
-        counts = sync.upsert_objects(writer, s3, TEST_BUCKET, [obj, ghost, obj], settings=settings)
+        counts = upsert_objects(writer, s3, TEST_BUCKET, [obj, ghost, obj], settings=settings)
 
     assert set(rows(conn)) == {key}
     assert (counts.inserted, counts.vanished, counts.skipped) == (1, 1, 0)
@@ -171,7 +172,7 @@ def test_upsert_objects_over_several_batches_writes_each_key_once_and_adds_up_th
 
     with psycopg.connect(db_url) as writer:  # the caller holds a transaction: each batch is a savepoint
         with writer.transaction():
-            counts = sync.upsert_objects(writer, s3, TEST_BUCKET, listing, settings=settings)
+            counts = upsert_objects(writer, s3, TEST_BUCKET, listing, settings=settings)
             guard = writer.execute("select current_setting('trr_assets.refuse_queued_keys', true)").fetchone()
 
     assert set(rows(conn)) == {o.key for o in objects}
@@ -192,7 +193,7 @@ def test_upsert_objects_failing_in_a_later_batch_keeps_the_batches_before_it_who
 
     with psycopg.connect(db_url, autocommit=True) as writer:
         with pytest.raises(StorageError, match="boom"):
-            sync.upsert_objects(writer, FailingHeads(s3, keys[4]), TEST_BUCKET, objects, settings=settings)
+            upsert_objects(writer, FailingHeads(s3, keys[4]), TEST_BUCKET, objects, settings=settings)
         status = writer.info.transaction_status
 
     assert set(rows(conn)) == set(keys[:4])
@@ -209,7 +210,7 @@ def test_upsert_objects_never_inserts_a_queued_key(conn, db_url, s3):
     conn.execute("delete from core.show_assets where object_key = %s", (key,))
 
     with psycopg.connect(db_url, autocommit=True) as writer:
-        counts = sync.upsert_objects(writer, s3, TEST_BUCKET, [object_info(s3, key)], settings=settings)
+        counts = upsert_objects(writer, s3, TEST_BUCKET, [object_info(s3, key)], settings=settings)
 
     assert rows(conn) == {}
     assert conn.execute("select object_key from trr_assets.delete_queue").fetchall() == [(key,)]
@@ -228,7 +229,7 @@ def test_upsert_racing_a_delete_does_not_resurrect_the_row(conn, db_url, s3):
 
     with psycopg.connect(db_url) as deleter:
         deleter.execute("delete from core.show_assets where object_key = %s", (key,))  # not committed yet
-        counts = upsert_blocked_until_commit(conn, deleter, db_url, lambda writer: sync.upsert_objects(
+        counts = upsert_blocked_until_commit(conn, deleter, db_url, lambda writer: upsert_objects(
             writer, s3, TEST_BUCKET, [changed], settings=settings))
 
     assert rows(conn) == {}

@@ -16,8 +16,9 @@ import psycopg
 from tests.support.postgres import make_show
 from tests.support.s3 import TEST_BUCKET
 from tests.sync.helpers import object_info, put, rows, show_key, sync_settings
-from trr_assets import sync
+from trr_assets import heads
 from trr_assets.storage import ObjectInfo
+from trr_assets.writer import upsert_objects
 
 
 class _UnevenHeads:
@@ -58,7 +59,7 @@ def _todo(s3: Any, count: int) -> list[tuple[ObjectInfo, str]]:
 
 def _heads(client: Any, todo: list[tuple[ObjectInfo, str]], pool_workers: int, workers: int) -> tuple[list[Any], int]:
     with _CountingPool(pool_workers) as pool:
-        answers = list(sync._Heads(client, TEST_BUCKET, pool, workers)(todo))
+        answers = list(heads.Heads(client, TEST_BUCKET, pool, workers)(todo))
     return answers, pool.tasks
 
 
@@ -87,7 +88,7 @@ def test_a_large_batch_makes_few_pool_tasks_and_a_small_one_a_task_per_object(s3
     small, small_tasks = _heads(s3, todo[:3], 2, 1)
 
     assert (len(big), len(mid), len(small)) == (300, 200, 3)  # an answer (None: no such object) each
-    assert (big_tasks, mid_tasks, small_tasks) == (-(-300 // sync.HEAD_RUN_MAX), 8, 3)
+    assert (big_tasks, mid_tasks, small_tasks) == (-(-300 // heads.HEAD_RUN_MAX), 8, 3)
 
 
 def test_an_object_gone_inside_a_run_is_counted_vanished_and_the_run_goes_on(conn, db_url, s3):
@@ -106,7 +107,7 @@ def test_an_object_gone_inside_a_run_is_counted_vanished_and_the_run_goes_on(con
         conn.execute("delete from core.show_assets")
         conn.execute("delete from trr_assets.delete_queue")
         with psycopg.connect(db_url, autocommit=True) as writer:
-            counts = sync.upsert_objects(writer, s3, TEST_BUCKET, listing, settings=settings, absent=absent)
+            counts = upsert_objects(writer, s3, TEST_BUCKET, listing, settings=settings, absent=absent)
 
         assert (counts.inserted, counts.vanished) == (10, 2)
         assert set(rows(conn)) == set(keys) - gone

@@ -61,7 +61,7 @@ def reconcile(args: argparse.Namespace, settings: Settings) -> int:
         if args.repair or args.inventory:
             raise UsageError("reconcile: --history only prints past runs; drop --repair and --inventory")
         with render.output(args.output, command="reconcile") as out:
-            runs = job.history(settings)
+            runs = job.history.recent_runs(settings)
             (render.history_jsonl if args.format == "jsonl" else render.history_text)(runs, out)
         return 0
     options = job.ReconcileOptions(

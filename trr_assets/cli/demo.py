@@ -34,9 +34,9 @@ from contextlib import AbstractContextManager, ExitStack, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from types import FrameType
-from typing import Any
 
 from trr_assets.errors import TrrAssetsError
+from trr_assets.storage import S3Client
 
 Command = Callable[[Sequence[str]], int]
 
@@ -247,10 +247,10 @@ class _Demo:
         self.command = command
         self.show_ids: list[uuid.UUID] = []
         self.unattributable = ""
-        self._s3: Any = None
+        self._s3: S3Client | None = None
 
     @property
-    def s3(self) -> Any:
+    def s3(self) -> S3Client:
         if self._s3 is None:
             from trr_assets import storage
 
@@ -282,8 +282,7 @@ class _Demo:
     def put(self, key: str, body: bytes, content_type: str) -> None:
         from trr_assets import storage
 
-        with storage.wrap_errors("put object", DEMO_BUCKET):
-            self.s3.put_object(Bucket=DEMO_BUCKET, Key=key, Body=body, ContentType=content_type)
+        storage.put_object(self.s3, DEMO_BUCKET, key, body, content_type=content_type)
 
     def create_shows_and_upload(self) -> None:
         from trr_assets import db, storage
@@ -295,8 +294,7 @@ class _Demo:
                 assert row is not None
                 self.show_ids.append(row[0])
                 _say(f"  show {row[0]}  {title}")
-        with storage.wrap_errors("create bucket", DEMO_BUCKET):
-            self.s3.create_bucket(Bucket=DEMO_BUCKET)
+        storage.create_bucket(self.s3, DEMO_BUCKET)
         for sample in SAMPLES:
             self.put(self.key(sample.show, sample.path), sample.body, sample.content_type)
         stray = f"shows/{uuid.uuid4()}/posters/key-art.jpg"
@@ -313,8 +311,7 @@ class _Demo:
         self.put(orphan, _bytes("alternate", 1800), "image/jpeg")
         _say(f"  orphaned object: {orphan} (uploaded straight to S3, no row)")
         gone = self.key(1, "stills/cast-02.jpg")
-        with storage.wrap_errors("delete object", DEMO_BUCKET):
-            self.s3.delete_object(Bucket=DEMO_BUCKET, Key=gone)
+        storage.delete_object(self.s3, DEMO_BUCKET, gone)
         _say(f"  orphaned row:    {gone} (its object deleted from S3 by hand)")
         changed = self.key(0, "trailer.mp4")
         self.put(changed, _bytes("re-cut trailer", 5120), "video/mp4")
