@@ -52,6 +52,7 @@ def test_exceptions_are_redacted_too():
 
 
 def test_console_format_is_readable():
+    """logging.format = "console" writes the event and its fields as text, not a JSON object."""
     stream = io.StringIO()
     logs.configure(format="console", stream=stream)
     structlog.get_logger().info("heartbeat", jobs=3)
