@@ -158,6 +158,7 @@ class Listener:
         stop: threading.Event | None = None,
         once: bool = False,
         sqs: Callable[[str], Any] | None = None,
+        observe_event: Callable[..., None] | None = None,
     ) -> None:
         if not settings.events.queue_urls:
             raise ConfigError("config: events.queue_urls is empty; listen needs at least one SQS queue URL")
@@ -167,6 +168,9 @@ class Listener:
         self._s3 = s3
         self._sqs: Callable[[str], Any] = sqs or functools.partial(queues.make_client, settings)
         self.tally = _Tally()
+        # Called once per event outcome, as ``Metrics.observe_event(outcome, lag_seconds=...)``
+        # is: the worker passes its metrics' method; the command passes nothing.
+        self._observe_event = observe_event
         self._deleter: ThreadPoolExecutor | None = None  # set while running
 
     def run(self) -> ListenReport:
@@ -283,12 +287,30 @@ class Listener:
             finally:
                 keeper.close()
         self.tally.add(outcome, failed=failed, messages=len(batch))
+        self._observe(outcome, failed=failed)
         if parsed:  # committed: the receiver goes on receiving while its messages are deleted
             assert self._deleter is not None
             self._deleter.submit(contextvars.copy_context().run, self._delete, q, parsed)
         log.info("listen_batch_applied", queue=queues.queue_name(q.url), messages=len(batch), events=len(found),
                  applied=outcome.applied, stale=outcome.stale, ignored=outcome.ignored, skipped=outcome.skipped,
                  failed=failed, rows=outcome.rows, lag_max_seconds=round(max(outcome.lags, default=0.0), 3))
+
+    def _observe(self, outcome: applying.Outcome, *, failed: int) -> None:
+        """Hand a committed batch's outcomes (and each applied event's lag) to the observer."""
+        observe = self._observe_event
+        if observe is None:
+            return
+        counts = {"applied": outcome.applied, "stale": outcome.stale, "ignored": outcome.ignored,
+                  "skipped": outcome.skipped, "failed": failed}
+        for _ in range(sum(counts.values())):
+            observe("received")
+        lags = outcome.lags[: outcome.applied]
+        for lag in lags:
+            observe("applied", lag_seconds=lag)
+        counts["applied"] -= len(lags)  # applied events with no eventTime: counted, no lag
+        for name, count in counts.items():
+            for _ in range(count):
+                observe(name)
 
     def _delete(self, q: _Queue, messages: list[Message]) -> None:
         try:

@@ -427,7 +427,8 @@ class Worker:
             with structlog.contextvars.bound_contextvars(job="listen"):
                 while not self.stop_event.is_set():
                     try:
-                        listen.Listener(self.settings, stop=self.stop_event, s3=self.s3).run()
+                        listen.Listener(self.settings, stop=self.stop_event, s3=self.s3,
+                                        observe_event=self.metrics.observe_event).run()
                     except TrrAssetsError as exc:  # a queue or the database is missing: try again later
                         log.error("job_failed", job="listen", outcome="failed", error=one_line(exc))
                         self.stop_event.wait(LISTEN_RETRY_SECONDS)
