@@ -16,7 +16,12 @@ Answers are shaped like botocore's ``head_object`` (the keys sync reads:
 ``StorageError`` ``storage.head_object`` raises for it. 500, 502, 503
 (SlowDown), 504 and broken connections are retried up to
 ``s3.max_attempts`` tries in all, after a full-jitter exponential backoff
-(as botocore's standard retry mode). A kept-alive connection that the server
+(as botocore's standard retry mode). A 503 (SlowDown: S3 asks the client to
+slow down) also halves the HEADs kept in flight to that endpoint, once per
+round of requests, and each answer after it adds back a little (additive
+increase, multiplicative decrease, as TCP does), so a bucket that cannot
+take ``s3.head_connections`` at once is eased off rather than hammered into
+giving up. A kept-alive connection that the server
 closed while idle is replaced without counting a try. An answer that says
 the bucket is in another region (301, 307 or 400 with
 ``x-amz-bucket-region``) is asked again through botocore, whose region
@@ -122,7 +127,7 @@ class _Run:
 
 
 class _Request:
-    __slots__ = ("bucket", "key", "run", "index", "tries", "resent", "started")
+    __slots__ = ("bucket", "key", "run", "index", "tries", "resent", "started", "sent_as")
 
     def __init__(self, bucket: str, key: str, run: _Run, index: int) -> None:
         self.bucket = bucket
@@ -132,6 +137,7 @@ class _Request:
         self.tries = 0  # tries that failed
         self.resent = False  # sent again once, free, after a kept-alive connection turned out closed
         self.started = time.monotonic()
+        self.sent_as = 0  # the origin's count of requests sent, this one's send included
 
 
 class _Connection(asyncio.Protocol):
@@ -160,6 +166,8 @@ class _Connection(asyncio.Protocol):
         head, rest = self.buffer[:end], self.buffer[end + 4:]
         self.buffer = b""
         request, self.request = self.request, None
+        if request is not None:
+            self.origin.in_flight -= 1
         if request is None or rest:  # an answer nobody asked for, or a body after a HEAD's answer
             self.close()
             if request is not None:
@@ -192,6 +200,30 @@ class _Origin:
         self.idle: list[_Connection] = []
         self.connections: set[_Connection] = set()
         self.opening = 0
+        # In flight: requests sent on a connection, their answer not read
+        # yet. At most ``limit`` of them: ``s3.head_connections`` until S3
+        # says SlowDown (``slowed``), growing back after (``answered``).
+        self.in_flight = 0
+        self.most = client.concurrency
+        self.limit = float(self.most)
+        self.sent = 0  # requests sent so far
+        self.cut_after = 0  # the count of requests sent when the limit was last cut
+
+    def slowed(self, request: _Request) -> float | None:
+        """A 503 SlowDown: halve the limit, once per round of requests. The
+        503s of requests sent before the last cut answer the same overload
+        that cut already eased. The new limit, or None if unchanged."""
+        if request.sent_as <= self.cut_after:
+            return None
+        self.limit = max(1.0, self.limit / 2)
+        self.cut_after = self.sent
+        return self.limit
+
+    def answered(self) -> None:
+        """An answer that is not a SlowDown: the limit grows back by about
+        one request per round of answers, up to ``s3.head_connections``."""
+        if self.limit < self.most:
+            self.limit = min(float(self.most), self.limit + 1 / self.limit)
 
 
 class HeadClient:
@@ -217,7 +249,7 @@ class HeadClient:
         self._client = client
         self._signer = HeaderSigner(client)
         self._observe = storage.request_observer(client)  # metrics, when the client has them
-        self._concurrency = settings.head_connections
+        self.concurrency = settings.head_connections  # most requests in flight per endpoint
         self._attempts = settings.max_attempts
         self._connect_timeout = settings.connect_timeout_seconds
         self._read_timeout = settings.read_timeout_seconds
@@ -306,11 +338,12 @@ class HeadClient:
     def _pump(self, origin: _Origin) -> None:
         """Send waiting requests on idle connections; open more while allowed."""
         waiting, idle = origin.waiting, origin.idle
-        while waiting and idle:
+        limit = int(origin.limit)
+        while waiting and idle and origin.in_flight < limit:
             request = waiting.popleft()
             if not request.run.done():
                 self._send(idle.pop(), request)
-        room = self._concurrency - len(origin.connections) - origin.opening
+        room = min(limit - origin.in_flight, self.concurrency - len(origin.connections)) - origin.opening
         for _ in range(min(room, len(waiting) - origin.opening)):
             origin.opening += 1
             self._loop.create_task(self._open(origin))
@@ -346,6 +379,9 @@ class HeadClient:
         lines = [f"HEAD /{path} HTTP/1.1", f"Host: {conn.origin.host_header}", f"User-Agent: {_USER_AGENT}"]
         lines += [f"{name}: {value}" for name, value in signed.headers.items()]
         conn.request = request
+        conn.origin.in_flight += 1
+        conn.origin.sent += 1
+        request.sent_as = conn.origin.sent
         conn.deadline = time.monotonic() + self._read_timeout
         assert conn.transport is not None
         conn.transport.write(("\r\n".join(lines) + "\r\n\r\n").encode("utf-8"))
@@ -379,6 +415,12 @@ class HeadClient:
             conn.close()
         else:
             origin.idle.append(conn)
+        if status == 503:
+            limit = origin.slowed(request)
+            if limit is not None:
+                log.info("s3_heads_slowed", bucket=request.bucket, in_flight_limit=int(limit))
+        else:
+            origin.answered()
         if self._observe is not None and status not in RETRY_STATUSES:
             self._observe("HeadObject", storage.request_outcome(status), time.monotonic() - request.started)
         if status == 200:
@@ -401,6 +443,7 @@ class HeadClient:
             origin.idle.remove(conn)
         request, conn.request = conn.request, None
         if request is not None:
+            origin.in_flight -= 1
             if conn.timed_out:
                 self._retry(request, f"no answer within {self._read_timeout:g} s")
             elif conn.used and not conn.buffer and not request.resent:
