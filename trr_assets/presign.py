@@ -48,7 +48,7 @@ if TYPE_CHECKING:
     import psycopg
     from psycopg_pool import ConnectionPool
 
-    from trr_assets.bucket_regions import BucketClients
+    from trr_assets.storage.regions import BucketClients
 
 __all__ = [
     "AssetNotFound",
@@ -488,7 +488,7 @@ class Presigner:
             self._check_open()
             if self._signer is None:
                 from trr_assets import storage
-                from trr_assets.bucket_regions import BucketClients
+                from trr_assets.storage.regions import BucketClients
 
                 # Each bucket's URLs are signed for the region it lives in.
                 self._client = storage.make_client(self.settings.s3)

@@ -40,11 +40,12 @@ from typing import Any
 import psycopg
 import structlog
 
-from trr_assets import db, erasures, keys, storage_versions
+from trr_assets import db, erasures, keys
 from trr_assets.config import Settings
 from trr_assets.errors import TrrAssetsError, one_line
 from trr_assets.records import RowInfo
-from trr_assets.storage_versions import UploadInfo, VersionInfo
+from trr_assets.storage import versions as storage_versions
+from trr_assets.storage.versions import UploadInfo, VersionInfo
 
 log = structlog.get_logger()
 

@@ -303,7 +303,7 @@ def unused_port() -> int:
 
 def test_heads_sent_past_botocore_are_counted_too(aws_env: None) -> None:
     from tests.support.moto_server import moto_server
-    from trr_assets import storage_heads
+    from trr_assets.storage import heads as storage_heads
 
     metrics = Metrics()
     with moto_server() as endpoint:

@@ -13,8 +13,9 @@ import pytest
 from tests.reconcile.helpers import add_row, enqueue, put, run, write_config
 from tests.support.postgres import make_show
 from tests.support.s3 import TEST_BUCKET, make_settings
-from trr_assets import cli, db, erasures, errors, reconcile, storage_versions
+from trr_assets import cli, db, erasures, errors, reconcile
 from trr_assets.errors import StorageError
+from trr_assets.storage import versions as storage_versions
 
 LOOSE = {"max_delete_fraction": 1.0, "incomplete_upload_days": 0}
 REPAIR_ALL = {**LOOSE, "orphaned_versions": "delete", "lone_delete_markers": "delete", "incomplete_uploads": "abort"}

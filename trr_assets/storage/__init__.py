@@ -29,11 +29,11 @@ import botocore.session
 import botocore.utils
 import structlog
 
-from trr_assets import listing_parser
 from trr_assets.config import S3Settings
 from trr_assets.errors import BucketNotFound, StorageError
 from trr_assets.keys import KeyRange, exact_prefix, split_points
 from trr_assets.records import ObjectInfo, object_info
+from trr_assets.storage import listing_parser
 
 if TYPE_CHECKING:  # the stubs (boto3-stubs[s3]) are a test extra: annotations only
     from botocore.response import StreamingBody

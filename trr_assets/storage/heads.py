@@ -40,10 +40,11 @@ from urllib.parse import urlsplit
 
 import structlog
 
-from trr_assets import storage, storage_http
+from trr_assets import storage
 from trr_assets.config import S3Settings
 from trr_assets.errors import StorageError
 from trr_assets.sigv4 import HeaderSigner
+from trr_assets.storage import http
 
 log = structlog.get_logger()
 
@@ -317,7 +318,7 @@ class HeadClient:
 
     async def _open(self, origin: _Origin) -> None:
         if origin.secure and self._ssl is None:
-            self._ssl = storage_http.ssl_context(self._client)
+            self._ssl = http.ssl_context(self._client)
         try:
             _, conn = await asyncio.wait_for(
                 self._loop.create_connection(lambda: _Connection(origin), origin.host, origin.port,
@@ -370,8 +371,8 @@ class HeadClient:
     def _answered(self, conn: _Connection, request: _Request, head: bytes) -> None:
         origin = conn.origin
         try:
-            status, headers = storage_http.parse_head(head)
-        except storage_http.NotHttp as exc:
+            status, headers = http.parse_head(head)
+        except http.NotHttp as exc:
             conn.close()
             self._retry(request, str(exc))
             return
@@ -382,15 +383,15 @@ class HeadClient:
         if self._observe is not None and status not in RETRY_STATUSES:
             self._observe("HeadObject", storage.request_outcome(status), time.monotonic() - request.started)
         if status == 200:
-            request.run.answer(request.index, storage_http.answer_of(headers))
+            request.run.answer(request.index, http.answer_of(headers))
         elif status == 404:
             request.run.answer(request.index, None)
         elif status in RETRY_STATUSES:
-            self._retry(request, f"{status}: {storage_http.phrase(status)}")
+            self._retry(request, f"{status}: {http.phrase(status)}")
         elif status in (301, 307, 400) and "x-amz-bucket-region" in headers:
             self._by_botocore(request)
         else:
-            reason = f"{status}: {storage_http.phrase(status)}"
+            reason = f"{status}: {http.phrase(status)}"
             request.run.fail(StorageError(f"s3: head object (bucket {request.bucket}): {reason}"))
         self._pump(origin)
 
