@@ -32,7 +32,7 @@ import threading
 import time
 import urllib.request
 from collections import deque
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future, InvalidStateError
 from contextlib import contextmanager
 from typing import Any
@@ -44,7 +44,7 @@ from trr_assets import storage
 from trr_assets.config import S3Settings
 from trr_assets.errors import StorageError
 from trr_assets.sigv4 import HeaderSigner
-from trr_assets.storage import http
+from trr_assets.storage import S3Client, http
 
 log = structlog.get_logger()
 
@@ -54,7 +54,7 @@ _USER_AGENT = "trr-assets"
 _MAX_HEAD_BYTES = 65536  # a response head larger than this is not S3's
 
 
-def native_possible(client: Any) -> str | None:
+def native_possible(client: S3Client) -> str | None:
     """Why ``client``'s HEADs must stay with botocore, or None when they may
     bypass it: a client that is not botocore's (a stand-in), a proxy in the
     environment (botocore honours HTTP(S)_PROXY; this client does not), or
@@ -66,8 +66,9 @@ def native_possible(client: Any) -> str | None:
     proxies = urllib.request.getproxies()
     if proxies.get("http") or proxies.get("https"):
         return "a proxy is configured"
+    events: Any = client.meta.events  # its handlers are botocore's internals, which have no types
     try:
-        handlers = client.meta.events._emitter._handlers.prefix_search("before-send.s3.HeadObject")
+        handlers = events._emitter._handlers.prefix_search("before-send.s3.HeadObject")
     except AttributeError:
         return "cannot tell whether the client's requests are intercepted"
     # A handler that says it is switched off (moto's, once its mock ends) intercepts nothing.
@@ -77,7 +78,7 @@ def native_possible(client: Any) -> str | None:
 
 
 @contextmanager
-def for_client(client: Any, settings: S3Settings) -> Iterator[HeadClient | None]:
+def for_client(client: S3Client, settings: S3Settings) -> Iterator[HeadClient | None]:
     """A ``HeadClient`` for ``client`` while the block runs, or None when
     ``s3.head_client`` is "botocore" or ``native_possible`` says no."""
     if settings.head_client != "native":
@@ -114,7 +115,7 @@ class _Run:
     def fail(self, exc: BaseException) -> None:
         self._settle(lambda: self.future.set_exception(exc))
 
-    def _settle(self, settle: Any) -> None:
+    def _settle(self, settle: Callable[[], None]) -> None:
         if not self.future.done():
             try:
                 settle()
@@ -209,7 +210,7 @@ class HeadClient:
 
     def __init__(
         self,
-        client: Any,
+        client: S3Client,
         settings: S3Settings,
         *,
         backoff_base_seconds: float = 1.0,
