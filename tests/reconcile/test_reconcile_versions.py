@@ -102,7 +102,7 @@ def test_dry_run_counts_and_finds_exactly(conn, versioned, db_url):
 
     findings, summary = run(settings, versions=True)
 
-    found = {(f["kind"], f["key"]): f for f in findings if f["kind"] in reconcile.reconcile_versions.FINDING_KINDS}
+    found = {(f["kind"], f["key"]): f for f in findings if f["kind"] in reconcile.versions.FINDING_KINDS}
     orphan = found.pop(("orphaned_versions", b.orphan))
     assert (orphan["versions"], orphan["delete_markers"], orphan["size"], orphan["action"]) == (2, 1, 90, "none")
     lone = found.pop(("lone_delete_marker", b.lone))
@@ -162,7 +162,7 @@ def test_repair_removes_exactly_the_orphans_and_records_each_once(conn, versione
     assert sum(r["size"] for r in rows if r["kind"] == "version") == b.orphan_bytes
 
     again, _ = run(settings, versions=True, repair=True)  # nothing left to do, nothing recorded twice
-    assert [f for f in again if f["kind"] in reconcile.reconcile_versions.FINDING_KINDS] == []
+    assert [f for f in again if f["kind"] in reconcile.versions.FINDING_KINDS] == []
     assert len(recorded(settings)) == len(rows)
 
 
@@ -173,7 +173,7 @@ def test_report_policies_change_nothing(conn, versioned, db_url):
 
     findings, _ = run(settings, versions=True, repair=True)
 
-    assert {f["action"] for f in findings if f["kind"] in reconcile.reconcile_versions.FINDING_KINDS} == {"none"}
+    assert {f["action"] for f in findings if f["kind"] in reconcile.versions.FINDING_KINDS} == {"none"}
     assert {key: versions_of(versioned, key) for key in every} == every
     assert len(uploads(versioned)) == 2 and recorded(settings) == []
 
@@ -183,13 +183,13 @@ def test_a_row_that_appears_before_the_repair_saves_the_versions(conn, versioned
     b = plant(conn, versioned)
     kept = versions_of(versioned, b.orphan)
     settings = make_settings(db_url, reconcile=REPAIR_ALL)
-    real = reconcile.reconcile_versions.VersionsPass._judge
+    real = reconcile.versions.VersionsPass._judge
 
     def judge_then_row(self: Any) -> None:
         real(self)
         add_row(conn, make_show(conn), b.orphan, size=50, etag="x")
 
-    monkeypatch.setattr(reconcile.reconcile_versions.VersionsPass, "_judge", judge_then_row)
+    monkeypatch.setattr(reconcile.versions.VersionsPass, "_judge", judge_then_row)
     findings, _ = run(settings, versions=True, repair=True)
 
     assert versions_of(versioned, b.orphan) == kept
