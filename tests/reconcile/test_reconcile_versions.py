@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import threading
 import uuid
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
@@ -183,14 +184,26 @@ def test_a_row_that_appears_before_the_repair_saves_the_versions(conn, versioned
     b = plant(conn, versioned)
     kept = versions_of(versioned, b.orphan)
     settings = make_settings(db_url, reconcile=REPAIR_ALL)
-    real = reconcile.versions.VersionsPass._judge
+    real = storage_versions.list_versions
+    listed: set[tuple[Any, Any]] = set()  # the shards the counting pass listed
+    added: list[bool] = []
+    lock = threading.Lock()
 
-    def judge_then_row(self: Any) -> None:
-        real(self)
-        add_row(conn, make_show(conn), b.orphan, size=50, etag="x")
+    def row_before_the_repair_lists(client: Any, bucket: str, **kw: Any) -> Any:
+        # The repair pass lists every shard again: the first shard listed twice
+        # marks its start, before any of its listings or row queries.
+        with lock:
+            shard = (kw.get("start_at"), kw.get("stop_before"))
+            if shard in listed and not added:
+                add_row(conn, make_show(conn), b.orphan, size=50, etag="x")
+                added.append(True)
+            listed.add(shard)
+        return real(client, bucket, **kw)
 
-    monkeypatch.setattr(reconcile.versions.VersionsPass, "_judge", judge_then_row)
+    monkeypatch.setattr(storage_versions, "list_versions", row_before_the_repair_lists)
     findings, _ = run(settings, versions=True, repair=True)
+
+    assert added  # the repair pass ran, after the counting pass
 
     assert versions_of(versioned, b.orphan) == kept
     assert not any(f["key"] == b.orphan and f["kind"] == "orphaned_versions" for f in findings)
