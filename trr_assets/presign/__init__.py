@@ -50,6 +50,7 @@ if TYPE_CHECKING:
     import psycopg
     from psycopg_pool import ConnectionPool
 
+    from trr_assets.storage import S3Client
     from trr_assets.storage.regions import BucketClients
 
 __all__ = [
@@ -109,7 +110,7 @@ class Presigner:
         self._lock = threading.Lock()
         self._pool: ConnectionPool | None = None
         self._signer: QuerySigner | None = None
-        self._client: Any = None
+        self._client: S3Client | None = None
         self._buckets: BucketClients | None = None
         self._closed = False
 
