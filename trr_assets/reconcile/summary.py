@@ -7,7 +7,8 @@ from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import Any
 
-from trr_assets.reconcile import versions as versions_pass
+from trr_assets.reconcile.versions import REPAIR_COUNTS as VERSION_REPAIR_COUNTS
+from trr_assets.reconcile.versions import SCAN_COUNTS as VERSION_SCAN_COUNTS
 
 # Counters, in the order reports show them.
 SCAN_COUNTS = (
@@ -100,7 +101,7 @@ class ReconcileSummary:
         """The --versions counts of every bucket, added up ({} without --versions)."""
         if self.versions_by_bucket is None:
             return {}
-        names = versions_pass.SCAN_COUNTS + (() if self.dry_run else versions_pass.REPAIR_COUNTS)
+        names = VERSION_SCAN_COUNTS + (() if self.dry_run else VERSION_REPAIR_COUNTS)
         return {name: sum(b.get(name, 0) for b in self.versions_by_bucket.values()) for name in names}
 
     @property
