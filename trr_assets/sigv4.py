@@ -40,13 +40,7 @@ if TYPE_CHECKING:
     from trr_assets.storage import S3Client
 
 __all__ = [
-    "ALGORITHM",
-    "EMPTY_SHA256",
-    "UNSIGNED_PAYLOAD",
-    "Endpoint",
-    "HeaderSigner",
-    "QuerySigner",
-    "SigningKey",
+    "ALGORITHM", "EMPTY_SHA256", "UNSIGNED_PAYLOAD", "Endpoint", "HeaderSigner", "QuerySigner", "SigningKey",
     "canonical_request",
 ]
 
@@ -137,30 +131,24 @@ def encode_key(key: str) -> str:
     return quote(key, safe=_KEY_SAFE)
 
 
-class _FrozenCredentials(Protocol):
-    @property
-    def access_key(self) -> str: ...
-    @property
-    def secret_key(self) -> str: ...
-    @property
-    def token(self) -> str | None: ...
+class _FrozenCredentials(Protocol):  # botocore's ReadOnlyCredentials
+    access_key: str
+    secret_key: str
+    token: str | None
 
 
-class _Credentials(Protocol):
+class _Credentials(Protocol):  # botocore's, static or refreshing
     def get_frozen_credentials(self) -> _FrozenCredentials: ...
 
 
 class _RequestSigner(Protocol):
-    @property
-    def _credentials(self) -> _Credentials | None: ...
+    _credentials: _Credentials | None
 
 
 class _SigningClient(Protocol):
-    """What the signers read of a botocore client that its stubs leave out:
-    the credentials (static or refreshing) its request signer signs with."""
+    """What the signers read of a botocore client that its stubs leave out."""
 
-    @property
-    def _request_signer(self) -> _RequestSigner: ...
+    _request_signer: _RequestSigner
 
 
 class _Signer(abc.ABC):
@@ -208,8 +196,7 @@ class _Signer(abc.ABC):
 
     def signing_key(self, day: str, region: str) -> SigningKey:
         """The signing key of the current credentials for one day (``YYYYMMDD``)
-        and region: derived once, then cached. Both signers of one client
-        derive the same key for the same day and region."""
+        and region, derived once and cached (both signers derive the same)."""
         # One read of the credentials per request: key id, secret and token match.
         credentials = self._credentials()
         cache_key = (credentials, day, region)
@@ -256,13 +243,8 @@ class _Signer(abc.ABC):
                 raise StorageError(f"s3: the client for bucket {bucket} does not sign with SigV4")
             path = parts.path[: -len(_SENTINEL_KEY)]
             host = host_from_url(url)
-            endpoint = Endpoint(
-                base=f"{parts.scheme}://{parts.netloc}{path}",
-                path=path,
-                host=host,
-                region=region,
-                host_header=f"host:{host}\n",
-            )
+            endpoint = Endpoint(base=f"{parts.scheme}://{parts.netloc}{path}", path=path, host=host, region=region,
+                                host_header=f"host:{host}\n")
             if len(self._endpoints) >= self._MAX_CACHED:
                 self._endpoints.clear()
             self._endpoints[bucket] = endpoint
@@ -271,8 +253,7 @@ class _Signer(abc.ABC):
     @abc.abstractmethod
     def _locate(self, client: S3Client, bucket: str) -> tuple[str, str | None]:
         """(URL of the object ``k`` in ``bucket``, signing region) as botocore
-        makes them for this signer's kind of request; no region when the
-        client does not sign with SigV4."""
+        makes them; no region when the client does not sign with SigV4."""
 
 
 class QuerySigner(_Signer):
