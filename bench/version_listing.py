@@ -91,7 +91,7 @@ BENCHMARK = Benchmark(
     title=f"version listing, 100,000 versions, {SHARDS} shards, 20 ms per page",
     baseline_title="plain listing of 100,000 keys",
     target="≤ 1.5× and flat memory",
-    needs=("trr_assets.storage_versions",),
+    needs=("trr_assets.storage.versions",),
     run=run,
 )
 
@@ -101,9 +101,10 @@ BENCHMARK = Benchmark(
 
 def child(endpoint: str, mode: str) -> dict[str, Any]:
     from bench.merge_child import peak_rss_mb
-    from trr_assets import keys, storage, storage_versions
+    from trr_assets import keys, storage
     from trr_assets.config import settings_from_mapping
     from trr_assets.runtime import tune_collector
+    from trr_assets.storage import versions as storage_versions
 
     tune_collector()
     settings = settings_from_mapping({"s3": {"endpoint_url": endpoint, "addressing_style": "path"}})

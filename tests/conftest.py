@@ -2,7 +2,7 @@
 
 The fixtures live in ``tests/support/`` and reach every test as pytest
 plugins (below): ``postgres`` (a migrated database per test: ``db_url``,
-``conn``, ``empty_db_url``), ``s3`` (``aws_env``, in-process moto ``s3``,
+``conn``, ``empty_db_url``, ``made_pools``), ``s3`` (``aws_env``, in-process moto ``s3``,
 ``settings``), ``moto_server`` (moto over HTTP for child processes:
 ``s3_server``), ``s3_faults`` (``quick_backoff``). Helpers that are not
 fixtures are imported from those modules; each concept's folder keeps its

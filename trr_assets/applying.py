@@ -43,10 +43,11 @@ from typing import Any
 import psycopg
 import structlog
 
-from trr_assets import db, keys, storage, storage_heads, writer
+from trr_assets import db, keys, storage, writer
 from trr_assets.config import Settings
 from trr_assets.events import Event, Kind, newest_per_key
 from trr_assets.storage import ObjectInfo
+from trr_assets.storage import heads as storage_heads
 
 log = structlog.get_logger()
 
@@ -56,7 +57,7 @@ _EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
 @dataclass(frozen=True)
 class Heads:
     """How creations are HEADed: threads of ``pool`` through botocore, or
-    ``native`` (``storage_heads``) when the client allows it, as sync does."""
+    ``native`` (``storage.heads``) when the client allows it, as sync does."""
 
     pool: Executor
     native: storage_heads.HeadClient | None = None

@@ -44,9 +44,10 @@ from typing import Any
 import psycopg
 import structlog
 
-from trr_assets import db, erasures, storage, storage_versions
+from trr_assets import db, erasures, storage
 from trr_assets.config import DeletesSettings, Settings
 from trr_assets.errors import StorageError
+from trr_assets.storage import versions as storage_versions
 
 log = structlog.get_logger()
 

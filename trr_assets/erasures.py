@@ -31,8 +31,9 @@ from typing import Any
 import psycopg
 import structlog
 
-from trr_assets import db, storage, storage_versions
+from trr_assets import db, storage
 from trr_assets.errors import StorageError
+from trr_assets.storage import versions as storage_versions
 
 log = structlog.get_logger()
 

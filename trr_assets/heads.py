@@ -9,9 +9,10 @@ from concurrent.futures import Executor
 from dataclasses import dataclass
 from typing import Any, NamedTuple
 
-from trr_assets import metadata, storage, storage_heads
+from trr_assets import metadata, storage
 from trr_assets.records import ObjectInfo
 from trr_assets.storage import S3Client
+from trr_assets.storage import heads as storage_heads
 
 
 class Row(NamedTuple):

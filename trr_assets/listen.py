@@ -36,10 +36,11 @@ from typing import Any
 
 import structlog
 
-from trr_assets import applying, db, events, logs, queues, storage, storage_heads
+from trr_assets import applying, db, events, logs, queues, storage
 from trr_assets.config import Settings
 from trr_assets.errors import ConfigError, MessageError, TrrAssetsError, one_line
 from trr_assets.queues import Message
+from trr_assets.storage import heads as storage_heads
 
 log = structlog.get_logger()
 

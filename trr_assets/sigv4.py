@@ -21,6 +21,7 @@ is botocore's).
 
 from __future__ import annotations
 
+import abc
 import hashlib
 import hmac
 import math
@@ -28,19 +29,18 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any, Protocol, cast
 from urllib.parse import quote, unquote, urlsplit
 
 from trr_assets.errors import StorageError
 
+if TYPE_CHECKING:
+    from botocore.awsrequest import AWSPreparedRequest
+
+    from trr_assets.storage import S3Client
+
 __all__ = [
-    "ALGORITHM",
-    "EMPTY_SHA256",
-    "UNSIGNED_PAYLOAD",
-    "Endpoint",
-    "HeaderSigner",
-    "QuerySigner",
-    "SigningKey",
+    "ALGORITHM", "EMPTY_SHA256", "UNSIGNED_PAYLOAD", "Endpoint", "HeaderSigner", "QuerySigner", "SigningKey",
     "canonical_request",
 ]
 
@@ -131,7 +131,27 @@ def encode_key(key: str) -> str:
     return quote(key, safe=_KEY_SAFE)
 
 
-class _Signer:
+class _FrozenCredentials(Protocol):  # botocore's ReadOnlyCredentials
+    access_key: str
+    secret_key: str
+    token: str | None
+
+
+class _Credentials(Protocol):  # botocore's, static or refreshing
+    def get_frozen_credentials(self) -> _FrozenCredentials: ...
+
+
+class _RequestSigner(Protocol):
+    _credentials: _Credentials | None
+
+
+class _SigningClient(Protocol):
+    """What the signers read of a botocore client that its stubs leave out."""
+
+    _request_signer: _RequestSigner
+
+
+class _Signer(abc.ABC):
     """What both signers share: endpoints per bucket, credentials, signing keys.
 
     ``client`` is a SigV4 botocore S3 client (``storage.make_client``); its
@@ -147,10 +167,10 @@ class _Signer:
 
     def __init__(
         self,
-        client: Any,
+        client: S3Client,
         *,
         credentials_ttl: float = 1.0,
-        client_for_bucket: Callable[[str], Any] | None = None,
+        client_for_bucket: Callable[[str], S3Client] | None = None,
     ) -> None:
         self._client = client
         self._client_for_bucket = client_for_bucket
@@ -172,10 +192,11 @@ class _Signer:
         if second != signed_at:
             amz_date = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime(signed_at))
             self._amz_date_cache = (signed_at, amz_date)
-        return endpoint, amz_date, self._signing_key(amz_date[:8], endpoint.region)
+        return endpoint, amz_date, self.signing_key(amz_date[:8], endpoint.region)
 
-    def _signing_key(self, day: str, region: str) -> SigningKey:
-        """The signing key of the current credentials for one day and region."""
+    def signing_key(self, day: str, region: str) -> SigningKey:
+        """The signing key of the current credentials for one day (``YYYYMMDD``)
+        and region, derived once and cached (both signers derive the same)."""
         # One read of the credentials per request: key id, secret and token match.
         credentials = self._credentials()
         cache_key = (credentials, day, region)
@@ -197,7 +218,7 @@ class _Signer:
 
         # The object the client itself signs with: static, or refreshing
         # (assumed roles, instance profiles, SSO), refreshed by botocore here.
-        credentials = self._client._request_signer._credentials
+        credentials = cast("_SigningClient", self._client)._request_signer._credentials
         if credentials is None:
             raise StorageError("s3: cannot sign: no AWS credentials found")
         with storage.wrap_errors("read AWS credentials"):
@@ -222,27 +243,23 @@ class _Signer:
                 raise StorageError(f"s3: the client for bucket {bucket} does not sign with SigV4")
             path = parts.path[: -len(_SENTINEL_KEY)]
             host = host_from_url(url)
-            endpoint = Endpoint(
-                base=f"{parts.scheme}://{parts.netloc}{path}",
-                path=path,
-                host=host,
-                region=region,
-                host_header=f"host:{host}\n",
-            )
+            endpoint = Endpoint(base=f"{parts.scheme}://{parts.netloc}{path}", path=path, host=host, region=region,
+                                host_header=f"host:{host}\n")
             if len(self._endpoints) >= self._MAX_CACHED:
                 self._endpoints.clear()
             self._endpoints[bucket] = endpoint
             return endpoint
 
-    def _locate(self, client: Any, bucket: str) -> tuple[str, str | None]:
-        """(URL of the object ``k`` in ``bucket``, signing region) as botocore makes them."""
-        raise NotImplementedError
+    @abc.abstractmethod
+    def _locate(self, client: S3Client, bucket: str) -> tuple[str, str | None]:
+        """(URL of the object ``k`` in ``bucket``, signing region) as botocore
+        makes them; no region when the client does not sign with SigV4."""
 
 
 class QuerySigner(_Signer):
     """SigV4 presigned S3 URLs, byte-identical to botocore's ``generate_presigned_url``."""
 
-    def _locate(self, client: Any, bucket: str) -> tuple[str, str | None]:
+    def _locate(self, client: S3Client, bucket: str) -> tuple[str, str | None]:
         url = client.generate_presigned_url(
             "get_object", Params={"Bucket": bucket, "Key": _SENTINEL_KEY}, ExpiresIn=1
         )
@@ -361,7 +378,7 @@ _capturing = threading.local()
 _CAPTURE_ID = "trr-assets-sigv4-capture"
 
 
-def _stop_captured(request: Any, **_: Any) -> None:
+def _stop_captured(request: AWSPreparedRequest, **_: Any) -> None:
     """before-send handler: in a thread that is locating a bucket, stop the
     request it just built (and hand it over); any other request goes on."""
     if getattr(_capturing, "active", False):
@@ -386,7 +403,7 @@ class HeaderSigner(_Signer):
     client build, sign and then drop a HEAD of the sentinel key, once per bucket.
     """
 
-    def _locate(self, client: Any, bucket: str) -> tuple[str, str | None]:
+    def _locate(self, client: S3Client, bucket: str) -> tuple[str, str | None]:
         client.meta.events.register_first("before-send.s3.HeadObject", _stop_captured, unique_id=_CAPTURE_ID)
         _capturing.active = True
         try:

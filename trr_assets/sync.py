@@ -31,13 +31,14 @@ from typing import Any
 import psycopg
 import structlog
 
-from trr_assets import db, diff, keys, logs, metadata, scan, storage, storage_heads
+from trr_assets import db, diff, keys, logs, metadata, scan, storage
 from trr_assets import inventory as inventory_reports
 from trr_assets.config import Settings
 from trr_assets.errors import TrrAssetsError, UsageError, one_line
 from trr_assets.records import ObjectInfo, object_info
 from trr_assets.scan import Progress, Scan, Unit
 from trr_assets.storage import S3Client
+from trr_assets.storage import heads as storage_heads
 from trr_assets.writer import UpsertCounts, upsert_objects
 
 log = structlog.get_logger()

@@ -27,12 +27,13 @@ import psycopg
 import psycopg.errors
 import structlog
 
-from trr_assets import db, ids, keys, storage_heads
+from trr_assets import db, ids, keys
 from trr_assets.config import Settings
 from trr_assets.errors import DatabaseError
 from trr_assets.heads import Heads, Row
 from trr_assets.records import ObjectInfo
 from trr_assets.storage import S3Client
+from trr_assets.storage import heads as storage_heads
 
 log = structlog.get_logger()
 

@@ -11,8 +11,9 @@ import pytest
 
 from bench import data
 from bench.end_to_end import StandIn
-from trr_assets import keys, storage, storage_versions
+from trr_assets import keys, storage
 from trr_assets.config import S3Settings
+from trr_assets.storage import versions as storage_versions
 
 OBJECTS = 600
 PER_KEY = 3

@@ -436,7 +436,7 @@ CLAIMS = st.fixed_dictionaries(
 
 
 @pytest.fixture
-def org_read_presigner(conn, db_url, s3_server):
+def org_read_presigner(conn, db_url, s3_server, made_pools):
     """Org-scoped reads on, one member, one asset of the member's show; a presigner with a one-connection pool."""
     db.migrate(DatabaseSettings(url=db_url), enable=["org-read"])
     member = uuid.uuid4()
@@ -449,7 +449,8 @@ def org_read_presigner(conn, db_url, s3_server):
     ).fetchone()[0]
     settings = s3_server.settings(db_url, database={"pool_min_size": 1, "pool_max_size": 1})
     with Presigner(settings) as presigner:
-        yield presigner, asset, member
+        assert presigner.get_url(asset)  # the service's lookup opens the pool the test inspects
+        yield presigner, asset, member, made_pools
 
 
 @settings(**EXAMPLES)
@@ -458,7 +459,7 @@ def test_any_claims_are_data_never_sql(conn, org_read_presigner, claims):
     """Arbitrary JWT claims (unknown roles, SQL in sub, email or nested metadata): get_url answers a URL or
     AssetNotFound, get_urls a dict or ValueError, never a database error; a URL only for the service role or the
     member; the tables are intact and the pooled connection is the owner again, with no claims left."""
-    presigner, asset, member = org_read_presigner
+    presigner, asset, member, pools = org_read_presigner
     before = _tables_intact(conn)
     allowed = claims.get("role") == "service_role" or (
         claims.get("role", "anon") == "authenticated" and claims.get("sub") == str(member)
@@ -476,7 +477,8 @@ def test_any_claims_are_data_never_sql(conn, org_read_presigner, claims):
     except ValueError:
         assert claims.get("role", "anon") not in ("anon", "authenticated", "service_role")
     assert _tables_intact(conn) == before
-    with presigner._connection_pool().connection() as pooled:
+    (pool,) = pools  # the presigner's one pool, of one connection
+    with pool.connection() as pooled:
         user, leftover = pooled.execute(
             "select current_user, coalesce(current_setting('request.jwt.claims', true), '')"
         ).fetchone()

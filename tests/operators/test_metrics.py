@@ -5,6 +5,7 @@ every S3 call counted; each replica serves its own figures."""
 from __future__ import annotations
 
 import json
+import socket
 import threading
 import time
 import urllib.error
@@ -222,14 +223,29 @@ def test_healthz_is_200_while_the_scheduler_runs_and_the_database_answers(
         _get(base + "/healthz")  # the server stopped with the worker
 
 
-def test_healthz_is_503_when_the_database_does_not_answer(
-    aws_env: None, unused_port: int, serve: Callable[..., str]
-) -> None:
-    settings = make_settings(f"postgresql://postgres@127.0.0.1:{unused_port}/x",
-                             database={"connect_timeout_seconds": 1.0})
-    w = Worker(settings, jobs=[])
-    w._scheduling = _RunningScheduler()  # the scheduler is fine; only the database is not
-    status, body = _get(serve(w.metrics, w.health) + "/healthz")
+def test_healthz_is_503_when_the_database_does_not_answer(aws_env: None, unused_port: int) -> None:
+    with socket.socket() as dead:
+        dead.bind(("127.0.0.1", 0))  # bound, never listening: every connection is refused
+        settings = make_settings(f"postgresql://postgres@127.0.0.1:{dead.getsockname()[1]}/x",
+                                 database={"connect_timeout_seconds": 1.0}, metrics={"port": unused_port})
+        w = Worker(settings, jobs=[])
+        base = f"http://127.0.0.1:{unused_port}"
+        result: list[int] = []
+        thread = threading.Thread(target=lambda: result.append(w.serve()), daemon=True)
+        thread.start()
+        try:
+            def scheduling() -> bool:  # the scheduler is fine; only the database is not
+                try:
+                    return json.loads(_get(base + "/healthz")[1])["scheduler"] == "running"
+                except OSError:
+                    return False
+
+            _wait_for(scheduling, "/healthz to see the scheduler running")
+            status, body = _get(base + "/healthz")
+        finally:
+            w.request_stop()
+            thread.join(20)
+    assert result == [0]
     assert status == 503
     details = json.loads(body)
     assert details["status"] == "unhealthy" and details["scheduler"] == "running"
@@ -241,10 +257,6 @@ def test_healthz_is_503_when_the_scheduler_is_not_running(settings: Settings, se
     status, body = _get(serve(w.metrics, w.health) + "/healthz")
     assert status == 503
     assert json.loads(body)["scheduler"] == "stopped"
-
-
-class _RunningScheduler:
-    running = True
 
 
 def test_a_port_in_use_is_a_one_line_error(settings: Settings) -> None:
@@ -303,7 +315,7 @@ def unused_port() -> int:
 
 def test_heads_sent_past_botocore_are_counted_too(aws_env: None) -> None:
     from tests.support.moto_server import moto_server
-    from trr_assets import storage_heads
+    from trr_assets.storage import heads as storage_heads
 
     metrics = Metrics()
     with moto_server() as endpoint:

@@ -83,15 +83,22 @@ def test_doctor_checks_that_the_buckets_send_events_to_the_configured_queue(s3: 
     sqs = boto3.client("sqs", region_name="us-east-1")
     url = sqs.create_queue(QueueName="trr-events")["QueueUrl"]
     arn = sqs.get_queue_attributes(QueueUrl=url, AttributeNames=["QueueArn"])["Attributes"]["QueueArn"]
-    check = doctor._notifications_check(s3, TEST_BUCKET, [url])
+    with_queue = settings.replace(events={"queue_urls": [url]})
+
+    def notifications_check() -> doctor.Check:
+        (check,) = [c for c in doctor.check_bucket(s3, TEST_BUCKET, with_queue)
+                    if c.name == f"bucket {TEST_BUCKET}: event notifications"]
+        return check
+
+    check = notifications_check()
     assert check.status == "fail" and "s3:ObjectCreated:*" in check.fix
     s3.put_bucket_notification_configuration(Bucket=TEST_BUCKET, NotificationConfiguration={
         "QueueConfigurations": [{"QueueArn": arn, "Events": ["s3:ObjectCreated:*"]}]})
-    check = doctor._notifications_check(s3, TEST_BUCKET, [url])
+    check = notifications_check()
     assert check.status == "fail" and "s3:ObjectRemoved:*" in check.detail
     s3.put_bucket_notification_configuration(Bucket=TEST_BUCKET, NotificationConfiguration={
         "QueueConfigurations": [{"QueueArn": arn, "Events": ["s3:ObjectCreated:*", "s3:ObjectRemoved:*"]}]})
-    assert doctor._notifications_check(s3, TEST_BUCKET, [url]).status == "ok"
+    assert notifications_check().status == "ok"
 
 
 def test_queue_arn_from_an_sqs_url() -> None:

@@ -197,7 +197,7 @@ def test_get_urls_takes_up_to_a_thousand_ids(presigner, conn):
     assert presigner.get_urls([]) == {}
 
 
-def test_role_and_claims_end_with_the_transaction(db_url, aws_env, conn, org_read):
+def test_role_and_claims_end_with_the_transaction(db_url, aws_env, conn, org_read, made_pools):
     """After a call with claims (successful or not), the pooled connection is the owner again, with no claims set."""
     settings = make_settings(db_url, database={"pool_min_size": 1, "pool_max_size": 1})
     owner = conn.execute("select current_user").fetchone()[0]
@@ -208,7 +208,8 @@ def test_role_and_claims_end_with_the_transaction(db_url, aws_env, conn, org_rea
         with pytest.raises(UploadRefused):
             presigner.upload_url(show_id=org_read["show"], filename="a.png", content_type="image/png",
                                  size_bytes=1, claims=member())
-        with presigner._connection_pool().connection() as pooled:
+        (pool,) = made_pools  # the presigner's one pool, of one connection
+        with pool.connection() as pooled:
             user, claims = pooled.execute(
                 "select current_user, coalesce(current_setting('request.jwt.claims', true), '')"
             ).fetchone()

@@ -29,6 +29,7 @@ from trr_assets import cli, storage
 from trr_assets.config import S3Settings, load_settings, settings_from_mapping
 from trr_assets.errors import ConfigError, StorageError
 from trr_assets.presign import Presigner
+from trr_assets.storage import regions
 
 BUCKETS = {"trr-east": "us-east-1", "trr-west": "eu-west-1", "trr-south": "ap-southeast-2"}
 NOW = 1_764_000_123
@@ -217,8 +218,8 @@ def test_bucket_region_falls_back_to_get_bucket_location(buckets):
     client.meta.events.register("before-parse.s3.HeadBucket", drop_region_header)
     calls: list[str] = []
     client.meta.events.register("before-call.s3", lambda model, **_: calls.append(model.name))
-    assert storage.bucket_region(client, "trr-west") == "eu-west-1"
-    assert storage.bucket_region(client, "trr-east") == "us-east-1"
+    assert regions.bucket_region(client, "trr-west") == "eu-west-1"
+    assert regions.bucket_region(client, "trr-east") == "us-east-1"
     assert calls == ["HeadBucket", "GetBucketLocation"] * 2
 
 

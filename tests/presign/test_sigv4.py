@@ -143,7 +143,7 @@ def test_both_signers_share_one_signing_key_and_endpoint(clients):
     url = query.sign("GET", "trr-assets", "k", expires=60, signed_at=1_700_000_000)
     signed = header.sign("GET", "trr-assets", "k", signed_at=1_700_000_000)
     assert url.startswith(signed.url + "?")
-    keys = [signer._signing_key("20231114", "eu-west-1") for signer in (query, header)]
+    keys = [signer.signing_key("20231114", "eu-west-1") for signer in (query, header)]
     assert keys[0].scope == keys[1].scope == "20231114/eu-west-1/s3/aws4_request"
     assert keys[0].signature("20231114T221320Z", "x") == keys[1].signature("20231114T221320Z", "x")
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import threading
 import uuid
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
@@ -13,8 +14,9 @@ import pytest
 from tests.reconcile.helpers import add_row, enqueue, put, run, write_config
 from tests.support.postgres import make_show
 from tests.support.s3 import TEST_BUCKET, make_settings
-from trr_assets import cli, db, erasures, errors, reconcile, storage_versions
+from trr_assets import cli, db, erasures, errors, reconcile
 from trr_assets.errors import StorageError
+from trr_assets.storage import versions as storage_versions
 
 LOOSE = {"max_delete_fraction": 1.0, "incomplete_upload_days": 0}
 REPAIR_ALL = {**LOOSE, "orphaned_versions": "delete", "lone_delete_markers": "delete", "incomplete_uploads": "abort"}
@@ -102,7 +104,7 @@ def test_dry_run_counts_and_finds_exactly(conn, versioned, db_url):
 
     findings, summary = run(settings, versions=True)
 
-    found = {(f["kind"], f["key"]): f for f in findings if f["kind"] in reconcile.reconcile_versions.FINDING_KINDS}
+    found = {(f["kind"], f["key"]): f for f in findings if f["kind"] in reconcile.versions.FINDING_KINDS}
     orphan = found.pop(("orphaned_versions", b.orphan))
     assert (orphan["versions"], orphan["delete_markers"], orphan["size"], orphan["action"]) == (2, 1, 90, "none")
     lone = found.pop(("lone_delete_marker", b.lone))
@@ -162,7 +164,7 @@ def test_repair_removes_exactly_the_orphans_and_records_each_once(conn, versione
     assert sum(r["size"] for r in rows if r["kind"] == "version") == b.orphan_bytes
 
     again, _ = run(settings, versions=True, repair=True)  # nothing left to do, nothing recorded twice
-    assert [f for f in again if f["kind"] in reconcile.reconcile_versions.FINDING_KINDS] == []
+    assert [f for f in again if f["kind"] in reconcile.versions.FINDING_KINDS] == []
     assert len(recorded(settings)) == len(rows)
 
 
@@ -173,7 +175,7 @@ def test_report_policies_change_nothing(conn, versioned, db_url):
 
     findings, _ = run(settings, versions=True, repair=True)
 
-    assert {f["action"] for f in findings if f["kind"] in reconcile.reconcile_versions.FINDING_KINDS} == {"none"}
+    assert {f["action"] for f in findings if f["kind"] in reconcile.versions.FINDING_KINDS} == {"none"}
     assert {key: versions_of(versioned, key) for key in every} == every
     assert len(uploads(versioned)) == 2 and recorded(settings) == []
 
@@ -183,14 +185,26 @@ def test_a_row_that_appears_before_the_repair_saves_the_versions(conn, versioned
     b = plant(conn, versioned)
     kept = versions_of(versioned, b.orphan)
     settings = make_settings(db_url, reconcile=REPAIR_ALL)
-    real = reconcile.reconcile_versions.VersionsPass._judge
+    real = storage_versions.list_versions
+    listed: set[tuple[Any, Any]] = set()  # the shards the counting pass listed
+    added: list[bool] = []
+    lock = threading.Lock()
 
-    def judge_then_row(self: Any) -> None:
-        real(self)
-        add_row(conn, make_show(conn), b.orphan, size=50, etag="x")
+    def row_before_the_repair_lists(client: Any, bucket: str, **kw: Any) -> Any:
+        # The repair pass lists every shard again: the first shard listed twice
+        # marks its start, before any of its listings or row queries.
+        with lock:
+            shard = (kw.get("start_at"), kw.get("stop_before"))
+            if shard in listed and not added:
+                add_row(conn, make_show(conn), b.orphan, size=50, etag="x")
+                added.append(True)
+            listed.add(shard)
+        return real(client, bucket, **kw)
 
-    monkeypatch.setattr(reconcile.reconcile_versions.VersionsPass, "_judge", judge_then_row)
+    monkeypatch.setattr(storage_versions, "list_versions", row_before_the_repair_lists)
     findings, _ = run(settings, versions=True, repair=True)
+
+    assert added  # the repair pass ran, after the counting pass
 
     assert versions_of(versioned, b.orphan) == kept
     assert not any(f["key"] == b.orphan and f["kind"] == "orphaned_versions" for f in findings)

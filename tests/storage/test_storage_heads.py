@@ -22,10 +22,11 @@ from structlog.testing import capture_logs
 
 from tests.support.moto_server import S3Server, moto_auth
 from tests.support.s3 import TEST_BUCKET
-from trr_assets import storage, storage_heads
+from trr_assets import storage
 from trr_assets.config import S3Settings
 from trr_assets.errors import StorageError
-from trr_assets.storage_heads import HeadClient
+from trr_assets.storage import heads as storage_heads
+from trr_assets.storage.heads import HeadClient
 
 ODD_KEYS = [
     "shows/plain.jpg",

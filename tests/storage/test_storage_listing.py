@@ -20,7 +20,8 @@ from hypothesis import strategies as st
 
 from tests.support.s3 import TEST_BUCKET, make_settings
 from tests.support.s3_faults import RawBody
-from trr_assets import listing_parser, storage
+from trr_assets import storage
+from trr_assets.storage import listing_parser
 
 NS = "http://s3.amazonaws.com/doc/2006-03-01/"
 

@@ -7,7 +7,7 @@ test that asks for ``db_url`` gets its own ``CREATE DATABASE ... TEMPLATE``
 clone, so tests never see each other's rows.
 
 Fixtures: ``pg_admin_url``, ``template_db``, ``db_url``, ``empty_db_url``,
-``conn``. Helpers: ``scratch_database``, ``as_role``, ``make_show``,
+``conn``, ``made_pools``. Helpers: ``scratch_database``, ``as_role``, ``make_show``,
 ``wait_for_lock_wait``.
 """
 
@@ -25,6 +25,7 @@ import psycopg
 import pytest
 from psycopg import sql
 from psycopg.conninfo import make_conninfo
+from psycopg_pool import ConnectionPool
 
 from tests.support.waiting import wait_for
 from trr_assets import db
@@ -102,6 +103,23 @@ def conn(db_url: str) -> Iterator[psycopg.Connection[Any]]:
     """An autocommit connection to this test's database, as its owner."""
     with psycopg.connect(db_url, autocommit=True) as connection:
         yield connection
+
+
+@pytest.fixture
+def made_pools(monkeypatch: pytest.MonkeyPatch) -> list[ConnectionPool]:
+    """Every pool ``db.make_pool`` makes during the test, as made (real, and
+    used by whoever made it): a test reaches a component's own connections
+    through them."""
+    made: list[ConnectionPool] = []
+    real = db.make_pool
+
+    def recording(*args: Any, **kwargs: Any) -> ConnectionPool:
+        pool = real(*args, **kwargs)
+        made.append(pool)
+        return pool
+
+    monkeypatch.setattr(db, "make_pool", recording)
+    return made
 
 
 @contextmanager

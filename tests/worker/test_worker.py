@@ -19,10 +19,11 @@ from apscheduler.triggers.cron import CronTrigger
 
 from tests.support.s3 import make_settings
 from tests.support.waiting import wait_for
-from trr_assets import worker
 from trr_assets.config import Settings
 from trr_assets.errors import DatabaseError, ReconcileRefused
-from trr_assets.worker import Job, JobContext, JobResult, Worker
+from trr_assets.worker import Worker
+from trr_assets.worker import jobs as worker_jobs
+from trr_assets.worker.jobs import Job, JobContext, JobResult
 
 LOCK_KEY = 4242
 
@@ -34,7 +35,7 @@ def fast_settings(db_url: str, aws_env: None) -> Settings:
 
 def _job(run: Callable[[JobContext], JobResult], *, name: str = "test", lock_key: int | None = LOCK_KEY,
          seconds: float = 1, hold_seconds: float = 0.0) -> Job:
-    return Job(name=name, run=run, trigger=worker.every(seconds), lock_key=lock_key, hold_seconds=hold_seconds)
+    return Job(name=name, run=run, trigger=worker_jobs.every(seconds), lock_key=lock_key, hold_seconds=hold_seconds)
 
 
 def _ok(ctx: JobContext) -> JobResult:
@@ -137,11 +138,11 @@ def test_a_job_without_a_lock_key_runs_in_several_workers_at_once(fast_settings)
 
 
 def test_default_jobs_lock_sync_and_reconcile_but_let_every_replica_drain_deletes(fast_settings):
-    jobs = {job.name: job for job in worker.default_jobs(fast_settings)}
+    jobs = {job.name: job for job in worker_jobs.default_jobs(fast_settings)}
     assert list(jobs) == ["sync", "deletes", "reconcile"]
-    assert jobs["sync"].lock_key == worker.SYNC_LOCK_KEY
-    assert jobs["reconcile"].lock_key == worker.RECONCILE_LOCK_KEY
-    assert worker.SYNC_LOCK_KEY != worker.RECONCILE_LOCK_KEY
+    assert jobs["sync"].lock_key == worker_jobs.SYNC_LOCK_KEY
+    assert jobs["reconcile"].lock_key == worker_jobs.RECONCILE_LOCK_KEY
+    assert worker_jobs.SYNC_LOCK_KEY != worker_jobs.RECONCILE_LOCK_KEY
     assert jobs["deletes"].lock_key is None
 
 
@@ -268,19 +269,20 @@ def test_once_counts_a_run_skipped_for_another_workers_lock_as_no_failure(fast_s
 
 def test_interval_ticks_are_anchored_at_the_epoch_so_replicas_fire_together():
     base = datetime(2024, 5, 1, 12, 0, 0, 300000, tzinfo=timezone.utc)
-    fires = {worker.every(7).get_next_fire_time(None, base + timedelta(seconds=s)) for s in (0, 0.5, 1.9)}
+    fires = {worker_jobs.every(7).get_next_fire_time(None, base + timedelta(seconds=s)) for s in (0, 0.5, 1.9)}
     assert len(fires) == 1
     assert fires.pop().timestamp() % 7 == 0
 
 
 def test_reconcile_follows_its_cron_schedule_in_utc_unless_an_interval_is_set(db_url, aws_env):
-    cron = {job.name: job for job in worker.default_jobs(make_settings(db_url, reconcile={"schedule": "*/5 * * * *"}))}
+    cron_settings = make_settings(db_url, reconcile={"schedule": "*/5 * * * *"})
+    cron = {job.name: job for job in worker_jobs.default_jobs(cron_settings)}
     trigger = cron["reconcile"].trigger
     assert isinstance(trigger, CronTrigger)
     assert str(trigger.timezone) == "UTC"
-    assert cron["reconcile"].hold_seconds == worker.MAX_TICK_HOLD_SECONDS
+    assert cron["reconcile"].hold_seconds == worker_jobs.MAX_TICK_HOLD_SECONDS
     assert cron["reconcile"].misfire_grace_seconds == 300
-    interval = {job.name: job for job in worker.default_jobs(
+    interval = {job.name: job for job in worker_jobs.default_jobs(
         make_settings(db_url, worker={"reconcile_interval_seconds": 2}, sync={"interval_seconds": 3}))}
     assert interval["reconcile"].trigger.interval_length == 2
     assert interval["reconcile"].hold_seconds == 1.0
@@ -290,7 +292,7 @@ def test_reconcile_follows_its_cron_schedule_in_utc_unless_an_interval_is_set(db
 
 def test_the_scheduler_never_overlaps_a_job_and_coalesces_missed_runs(fast_settings):
     w = Worker(fast_settings, jobs=[_job(_ok, name="a"), _job(_ok, name="b", seconds=5)])
-    scheduler = w._scheduler()
+    scheduler = w.build_scheduler()
     scheduler.start(paused=True)
     try:
         jobs = {job.id: job for job in scheduler.get_jobs()}
@@ -302,9 +304,9 @@ def test_the_scheduler_never_overlaps_a_job_and_coalesces_missed_runs(fast_setti
 
 
 def test_the_worker_repairs_only_when_a_repair_policy_asks_for_more_than_a_report(db_url, aws_env):
-    assert not worker.repairs(make_settings(db_url))
-    assert worker.repairs(make_settings(db_url, reconcile={"orphaned_objects": "import"}))
-    assert worker.repairs(make_settings(db_url, reconcile={"orphaned_rows": "delete"}))
+    assert not worker_jobs.repairs(make_settings(db_url))
+    assert worker_jobs.repairs(make_settings(db_url, reconcile={"orphaned_objects": "import"}))
+    assert worker_jobs.repairs(make_settings(db_url, reconcile={"orphaned_rows": "delete"}))
 
 
 # --- the daemon ------------------------------------------------------------------------

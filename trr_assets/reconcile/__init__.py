@@ -19,7 +19,8 @@ anything is changed (a listing or query that failed, or deletions above
 the second lists again and acts on each candidate only after re-checking it
 live (``repairs``). The second pass never deletes more in a bucket than the
 first counted. ``inventory`` reads an S3 Inventory report instead of
-listing; ``history`` records each run.
+listing; ``history`` records each run; ``versions`` (``--versions``) looks at
+versions, delete markers and multipart uploads too.
 
 Keys under ``reconcile.quarantine_prefix`` are where quarantine puts
 orphaned objects: they are counted as ``in_quarantine``, never as orphans.
@@ -39,7 +40,7 @@ from typing import Any
 import psycopg
 import structlog
 
-from trr_assets import db, diff, erasures, inventory, keys, reconcile_versions, scan, storage
+from trr_assets import db, diff, erasures, inventory, keys, scan, storage
 from trr_assets.config import Settings
 from trr_assets.diff import Batch, Diff
 from trr_assets.errors import (
@@ -55,11 +56,12 @@ from trr_assets.inventory import (
     parse_s3_url,
     read_manifest,
 )
-from trr_assets.reconcile import history, judging, limits
+from trr_assets.reconcile import history, judging, limits, versions
 from trr_assets.reconcile.history import HISTORY_LIMIT, default_run_by
 from trr_assets.reconcile.judging import finding
 from trr_assets.reconcile.limits import Judgement, limit_problems
 from trr_assets.reconcile.repairs import Repairs, import_object
+from trr_assets.reconcile.scope import RunScope, Sink
 from trr_assets.reconcile.summary import (
     FINDING_COUNTS,
     REPAIR_COUNTS,
@@ -78,8 +80,6 @@ __all__ = [
 
 log = structlog.get_logger()
 
-Sink = Callable[[dict[str, Any]], None]
-
 LIST_PAGE_SIZE = 1000  # keys per ListObjectsV2 page (S3's maximum)
 _STOPPED = "reconcile: stopped before the end (shutting down)"
 
@@ -92,28 +92,13 @@ class _Reconciler:
     """The state of one run, shared by the shard threads (through ``scan``)."""
 
     def __init__(
-        self,
-        settings: Settings,
-        options: ReconcileOptions,
-        client: S3Client,
-        buckets: list[str],
-        prefix: str,
-        cutoff: datetime,
-        sink: Sink | None,
-        progress: Progress | None,
-        manifest: InventoryManifest | None,
-        stop: threading.Event | None = None,
+        self, scope: RunScope, options: ReconcileOptions, progress: Progress | None, manifest: InventoryManifest | None
     ) -> None:
-        self.settings = settings
+        self.scope = scope
         self.options = options
-        self.client = client
-        self.buckets = buckets
-        self.prefix = prefix
-        self.cutoff = cutoff
-        self.sink = sink
         self.manifest = manifest
-        self.plans: dict[str, Counter[str]] = {bucket: Counter() for bucket in buckets}  # the counting pass
-        self.counts: dict[str, Counter[str]] = {bucket: Counter() for bucket in buckets}  # the reporting pass
+        self.plans: dict[str, Counter[str]] = {bucket: Counter() for bucket in scope.buckets}  # the counting pass
+        self.counts: dict[str, Counter[str]] = {bucket: Counter() for bucket in scope.buckets}  # the reporting pass
         self._failures_logged: set[str] = set()  # a bucket's failure is logged once, not once per shard
         self._log_lock = threading.Lock()
         self.judgements: dict[str, Judgement] = {}
@@ -123,10 +108,10 @@ class _Reconciler:
         # --repair a writer) from its start.
         per_unit = 2 if options.repair else 1
         self.scan = Scan(
-            settings, name="trr-assets reconcile", buckets=buckets,
-            unit_count=1 if manifest else len(buckets) * settings.s3.list_shards,
-            workers=1 if manifest else settings.s3.list_concurrency,
-            per_unit=per_unit, eager_per_unit=per_unit, stop=stop, progress=progress,
+            scope.settings, name="trr-assets reconcile", buckets=scope.buckets,
+            unit_count=1 if manifest else len(scope.buckets) * scope.settings.s3.list_shards,
+            workers=1 if manifest else scope.settings.s3.list_concurrency,
+            per_unit=per_unit, eager_per_unit=per_unit, stop=scope.stop, progress=progress,
         )
         self.inventory_conn: psycopg.Connection[Any] | None = None
 
@@ -140,28 +125,28 @@ class _Reconciler:
                 self._pass(units, phase="scan", emit=True, act=False)
                 return
             self._pass(units, phase="count", emit=False, act=False)
-            rc, force = self.settings.reconcile, self.options.force
-            for bucket in self.buckets:
+            rc, force = self.scope.settings.reconcile, self.options.force
+            for bucket in self.scope.buckets:
                 judged = limits.judge(bucket, self.plans[bucket], self.scan.error(bucket), rc, force=force)
                 self.judgements[bucket] = judged
                 if judged.refusal:
                     log.warning("reconcile_bucket_refused", bucket=bucket, reason=judged.refusal)
-            self.repairs = Repairs(self.settings, self.client, self.cutoff, self.judgements)
+            self.repairs = Repairs(self.scope.settings, self.scope.client, self.scope.cutoff, self.judgements)
             wanted = [u for u in units if not self.scan.failed(u.bucket)]
             self._pass(wanted, phase="repair", emit=True, act=True)
 
     def _units(self, stack: ExitStack) -> list[Unit]:
         if self.manifest is None:
-            return scan.units(self.buckets, self.prefix, self.settings.s3.list_shards)
-        bucket = self.buckets[0]
-        conn = db.connect(self.settings.database, application_name="trr-assets reconcile inventory")
+            return scan.units(self.scope.buckets, self.scope.prefix, self.scope.settings.s3.list_shards)
+        bucket = self.scope.buckets[0]
+        conn = db.connect(self.scope.settings.database, application_name="trr-assets reconcile inventory")
         stack.callback(conn.close)
         try:
-            load_inventory(conn, self.client, self.manifest, self.prefix)
+            load_inventory(conn, self.scope.client, self.manifest, self.scope.prefix)
         except TrrAssetsError as exc:
             self.scan.fail(bucket, self._describe(bucket, exc))
         self.inventory_conn = conn
-        return [Unit(bucket, keys.prefix_range(self.prefix))]
+        return [Unit(bucket, keys.prefix_range(self.scope.prefix))]
 
     def _pass(self, units: list[Unit], *, phase: str, emit: bool, act: bool) -> None:
         def work(unit: Unit) -> None:
@@ -220,8 +205,8 @@ class _Reconciler:
             stack.enter_context(self.inventory_conn.transaction())
             rows = db.stream_rows(conn, unit.bucket, unit.key_range)
             return diff.merge(inventory.inventory_objects(self.inventory_conn, unit.key_range), rows)
-        return scan.diff_range(self.client, conn, unit.bucket, self.prefix, unit.key_range, self.scan.splits,
-                               rows=db.stream_rows, page_size=LIST_PAGE_SIZE)
+        return scan.diff_range(self.scope.client, conn, unit.bucket, self.scope.prefix, unit.key_range,
+                               self.scan.splits, rows=db.stream_rows, page_size=LIST_PAGE_SIZE)
 
     def _handle(
         self,
@@ -232,7 +217,7 @@ class _Reconciler:
         emit: bool,
         act_conn: psycopg.Connection[Any] | None,
     ) -> None:
-        verdict = judging.verdict(d, self.cutoff, self.settings.reconcile.quarantine_prefix)
+        verdict = judging.verdict(d, self.scope.cutoff, self.scope.settings.reconcile.quarantine_prefix)
         if d.obj is not None and verdict != "in_quarantine":
             counts["objects_scanned"] += 1
         if d.row is not None and d.row.asset_id is not None:
@@ -252,15 +237,15 @@ class _Reconciler:
             counter = judging.repair_counter(verdict, action)
             if counter:
                 counts[counter] += 1
-        if self.sink is not None:
+        if self.scope.sink is not None:
             item = finding(verdict, bucket, d, action, **extra)
             with self.lock:
-                self.sink(item)
+                self.scope.sink(item)
 
     def _count_failed_deletes(self, bucket: str) -> None:
         if self.scan.failed(bucket):
             return
-        r = keys.prefix_range(self.prefix)
+        r = keys.prefix_range(self.scope.prefix)
         try:
             with ExitStack() as stack, db.wrap_errors(f"count failed deletions of bucket {bucket}"):
                 conn = stack.enter_context(self.scan.pool.connection())
@@ -279,7 +264,7 @@ class _Reconciler:
     def summary(self, started_at: datetime, duration: float, run_id: int | None) -> ReconcileSummary:
         total: Counter[str] = Counter()
         refused, failed = [], []
-        for bucket in self.buckets:
+        for bucket in self.scope.buckets:
             total.update(self.counts[bucket])
             judged = self.judgements.get(bucket)
             error = self.scan.error(bucket)
@@ -290,8 +275,8 @@ class _Reconciler:
         counts: dict[str, Any] = {name: total[name] for name in (*SCAN_COUNTS, *REPAIR_COUNTS)}
         return ReconcileSummary(
             dry_run=not self.options.repair,
-            buckets=tuple(self.buckets),
-            prefix=self.prefix,
+            buckets=tuple(self.scope.buckets),
+            prefix=self.scope.prefix,
             source="inventory" if self.manifest else "listing",
             **counts,
             refused=refused,
@@ -300,7 +285,7 @@ class _Reconciler:
             duration_seconds=duration,
             run_id=run_id,
             by_bucket={bucket: {name: self.counts[bucket][name] for name in FINDING_COUNTS}
-                       for bucket in self.buckets if self.scan.error(bucket) is None},
+                       for bucket in self.scope.buckets if self.scan.error(bucket) is None},
         )
 
 
@@ -343,7 +328,8 @@ def run(
     log.info("reconcile_started", run_id=run_id, buckets=buckets, prefix=prefix, repair=options.repair,
              grace_seconds=grace, source="inventory" if manifest else "listing")
     began = time.monotonic()
-    reconciler = _Reconciler(settings, options, client, buckets, prefix, cutoff, sink, progress, manifest, stop)
+    scope = RunScope(settings, client, buckets, prefix, cutoff, sink, stop)
+    reconciler = _Reconciler(scope, options, progress, manifest)
     try:
         reconciler.execute()
     except BaseException as exc:
@@ -351,8 +337,7 @@ def run(
         raise
     summary = reconciler.summary(started_at, time.monotonic() - began, run_id)
     if options.versions:
-        summary = _with_versions(summary, settings, options, client, buckets, prefix, cutoff, sink, started_at,
-                                 stop, run_id_=run_id)
+        summary = _with_versions(summary, scope, options, started_at, run_id_=run_id)
         summary = dataclasses.replace(summary, duration_seconds=time.monotonic() - began)
     errors = [*summary.refused, *summary.failed]
     recorded = {**summary.counts(), "by_bucket": summary.by_bucket}
@@ -368,29 +353,15 @@ def run(
 
 
 def _with_versions(
-    summary: ReconcileSummary,
-    settings: Settings,
-    options: ReconcileOptions,
-    client: S3Client,
-    buckets: list[str],
-    prefix: str,
-    cutoff: datetime,
-    sink: Sink | None,
-    now: datetime,
-    stop: threading.Event | None,
-    *,
-    run_id_: int | None,
+    summary: ReconcileSummary, scope: RunScope, options: ReconcileOptions, now: datetime, *, run_id_: int | None
 ) -> ReconcileSummary:
-    """``--versions``: run reconcile_versions over the same buckets; its
+    """``--versions``: run ``versions`` over the same buckets; its
     counts, refusals and failures join the summary."""
     try:
-        states = reconcile_versions.VersionsPass(
-            settings, client, buckets, prefix, cutoff, repair=options.repair, force=options.force, sink=sink,
-            now=now, stop=stop,
-        ).execute()
+        states = versions.VersionsPass(scope, repair=options.repair, force=options.force, now=now).execute()
     except BaseException as exc:
         if run_id_ is not None:
-            history.record_finish(settings, run_id_, "failed", {}, one_line(exc))
+            history.record_finish(scope.settings, run_id_, "failed", {}, one_line(exc))
         raise
     refused, failed = list(summary.refused), list(summary.failed)
     for bucket, state in states.items():
@@ -398,7 +369,7 @@ def _with_versions(
             refused.append(state.refusal)
         elif state.error is not None:
             failed.append(f"bucket {bucket} (versions): {state.error}")
-    names = reconcile_versions.SCAN_COUNTS + (reconcile_versions.REPAIR_COUNTS if options.repair else ())
+    names = versions.SCAN_COUNTS + (versions.REPAIR_COUNTS if options.repair else ())
     by_bucket = {bucket: {name: state.counts[name] for name in names} for bucket, state in states.items()}
     return dataclasses.replace(summary, refused=refused, failed=failed, versions_by_bucket=by_bucket)
 

@@ -7,7 +7,8 @@ from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import Any
 
-from trr_assets import reconcile_versions
+from trr_assets.reconcile.versions import REPAIR_COUNTS as VERSION_REPAIR_COUNTS
+from trr_assets.reconcile.versions import SCAN_COUNTS as VERSION_SCAN_COUNTS
 
 # Counters, in the order reports show them.
 SCAN_COUNTS = (
@@ -48,7 +49,7 @@ class ReconcileOptions:
     force: bool = False  # override max_deletes and max_delete_fraction
     inventory: str | None = None  # s3://BUCKET/PATH/manifest.json
     run_by: str | None = None  # recorded in the history; default user@host
-    versions: bool = False  # also versions, delete markers and multipart uploads (reconcile_versions)
+    versions: bool = False  # also versions, delete markers and multipart uploads (reconcile.versions)
 
 
 # What trr_assets_drift_findings{bucket,kind} reads from a recorded run (see status.DRIFT_KINDS).
@@ -85,7 +86,7 @@ class ReconcileSummary:
     duration_seconds: float = 0.0
     run_id: int | None = None
     by_bucket: dict[str, dict[str, int]] = field(default_factory=dict)  # findings per bucket, recorded
-    # --versions: per bucket, the counts of reconcile_versions (None without --versions)
+    # --versions: per bucket, the counts of reconcile.versions (None without --versions)
     versions_by_bucket: dict[str, dict[str, int]] | None = None
 
     @property
@@ -100,7 +101,7 @@ class ReconcileSummary:
         """The --versions counts of every bucket, added up ({} without --versions)."""
         if self.versions_by_bucket is None:
             return {}
-        names = reconcile_versions.SCAN_COUNTS + (() if self.dry_run else reconcile_versions.REPAIR_COUNTS)
+        names = VERSION_SCAN_COUNTS + (() if self.dry_run else VERSION_REPAIR_COUNTS)
         return {name: sum(b.get(name, 0) for b in self.versions_by_bucket.values()) for name in names}
 
     @property

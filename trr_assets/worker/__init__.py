@@ -15,12 +15,8 @@ PostgreSQL decides, with session-level advisory locks:
   ``FOR UPDATE SKIP LOCKED`` hands each queued entry to exactly one of them,
   so more replicas drain a backlog faster.
 
-Interval triggers are anchored at the Unix epoch, not at start-up, so every
-replica fires on the same instants (cron schedules are wall-clock anyway) and
-their runs meet at the lock. A run keeps its lock through the first half of
-its period (at most ``MAX_TICK_HOLD_SECONDS``) even when it finishes sooner:
-otherwise a replica that fired a few milliseconds late would find the lock
-free again and run the same tick a second time.
+The jobs themselves (what each run does, its trigger anchored at the epoch,
+its lock key and how long a tick holds the lock) are ``worker.jobs``.
 
 A stop (SIGTERM, SIGINT or ``Worker.request_stop``) sets ``Worker.stop_event``:
 no new run starts, the running ones finish, their locks are released and the
@@ -40,13 +36,11 @@ import contextlib
 import logging
 import os
 import signal
-import socket
 import sys
 import threading
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager, nullcontext
-from dataclasses import dataclass
 from datetime import datetime, timezone
 from types import FrameType
 from typing import Any
@@ -56,130 +50,18 @@ import structlog
 from apscheduler.events import EVENT_JOB_MAX_INSTANCES, EVENT_JOB_MISSED, JobEvent
 from apscheduler.executors.pool import ThreadPoolExecutor
 from apscheduler.schedulers.background import BackgroundScheduler
-from apscheduler.triggers.base import BaseTrigger
-from apscheduler.triggers.cron import CronTrigger
-from apscheduler.triggers.interval import IntervalTrigger
 
-from trr_assets import db, deletes, listen, reconcile, status, storage, sync
+from trr_assets import db, listen, status, storage
 from trr_assets.config import Settings
 from trr_assets.errors import PartialFailure, RepairRefused, TrrAssetsError, one_line
 from trr_assets.metrics import Metrics, MetricsServer
 from trr_assets.storage import S3Client
+from trr_assets.worker.jobs import Job, JobContext, default_jobs
 
 log = structlog.get_logger()
 
-# Advisory lock keys (bigint, the same key space as db.MIGRATE_LOCK_KEY).
-SYNC_LOCK_KEY = 0x7472725F73796E  # "trr_syn"
-RECONCILE_LOCK_KEY = 0x7472725F726563  # "trr_rec"
-
-MAX_TICK_HOLD_SECONDS = 60.0
-EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
 _POLL_SECONDS = 0.2  # how often the main thread looks at the stop flag
 LISTEN_RETRY_SECONDS = 30.0  # a listener that could not start (queue, database) tries again after this
-
-
-# --- jobs ------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class JobContext:
-    """What a run gets: the settings, the worker's S3 client, the stop flag."""
-
-    settings: Settings
-    s3: S3Client  # one boto3 client per worker, shared by its jobs (clients are thread-safe)
-    stop: threading.Event  # set once the worker is asked to stop
-
-
-@dataclass(frozen=True)
-class JobResult:
-    counts: Mapping[str, Any]
-    errors: tuple[str, ...] = ()  # non-empty: the run failed, in part (one bucket of several)
-
-
-@dataclass(frozen=True)
-class Job:
-    name: str
-    run: Callable[[JobContext], JobResult]
-    trigger: BaseTrigger
-    lock_key: int | None  # None: runs in every replica at once
-    hold_seconds: float = 0.0  # keep the lock this long after the run started
-    misfire_grace_seconds: int = 1  # a run this late still runs (coalesced into one)
-
-
-def run_sync(ctx: JobContext) -> JobResult:
-    # ``stop`` ends the pass after the batches in flight.
-    report = sync.run(ctx.settings, client=ctx.s3, stop=ctx.stop)
-    return JobResult(report.as_dict(), report.failures)
-
-
-def run_deletes(ctx: JobContext) -> JobResult:
-    # Asked between batches; a batch once taken is always finished.
-    return JobResult(deletes.drain(ctx.settings, client=ctx.s3, should_stop=ctx.stop.is_set).as_dict())
-
-
-def repairs(settings: Settings) -> bool:
-    """The worker repairs when a repair policy asks for more than a report."""
-    r = settings.reconcile
-    return r.orphaned_objects != "report" or r.orphaned_rows != "report"
-
-
-def run_reconcile(ctx: JobContext) -> JobResult:
-    # Refused and incomplete runs raise PartialFailure, carrying their
-    # summary (see _carried_counts).
-    options = reconcile.ReconcileOptions(repair=repairs(ctx.settings), run_by=f"worker@{socket.gethostname()}")
-    return JobResult(reconcile.run(ctx.settings, options, client=ctx.s3, stop=ctx.stop).as_dict())
-
-
-def every(seconds: float) -> IntervalTrigger:
-    """An interval trigger anchored at the epoch: replicas fire together."""
-    return IntervalTrigger(seconds=seconds, start_date=EPOCH, timezone=timezone.utc)
-
-
-def period_seconds(trigger: BaseTrigger, now: datetime | None = None) -> float:
-    """The shortest gap between the trigger's next few fire times."""
-    fire = trigger.get_next_fire_time(None, now or datetime.now(timezone.utc))
-    gaps: list[float] = []
-    for _ in range(8):
-        if fire is None:
-            break
-        following = trigger.get_next_fire_time(fire, fire)
-        if following is None:
-            break
-        gaps.append((following - fire).total_seconds())
-        fire = following
-    return min(gaps, default=0.0)
-
-
-def make_job(
-    name: str, run: Callable[[JobContext], JobResult], trigger: BaseTrigger, lock_key: int | None
-) -> Job:
-    """A job whose lock hold and misfire grace follow from its period."""
-    period = period_seconds(trigger)
-    return Job(
-        name=name,
-        run=run,
-        trigger=trigger,
-        lock_key=lock_key,
-        hold_seconds=min(period / 2, MAX_TICK_HOLD_SECONDS) if lock_key is not None else 0.0,
-        # Late, but before the next tick is due: still worth running.
-        misfire_grace_seconds=max(1, int(period)),
-    )
-
-
-def default_jobs(settings: Settings) -> list[Job]:
-    """sync, deletes and reconcile, in the order ``--once`` runs them."""
-    every_n = settings.worker.reconcile_interval_seconds
-    reconcile_trigger: BaseTrigger = (
-        every(every_n) if every_n else CronTrigger.from_crontab(settings.reconcile.schedule, timezone="UTC")
-    )
-    return [
-        make_job("sync", run_sync, every(settings.sync.interval_seconds), SYNC_LOCK_KEY),
-        make_job("deletes", run_deletes, every(settings.deletes.interval_seconds), None),
-        make_job("reconcile", run_reconcile, reconcile_trigger, RECONCILE_LOCK_KEY),
-    ]
-
-
-# --- the worker --------------------------------------------------------------------
 
 
 class Worker:
@@ -356,7 +238,11 @@ class Worker:
 
     # -- the daemon
 
-    def _scheduler(self) -> BackgroundScheduler:
+    def build_scheduler(self) -> BackgroundScheduler:
+        """The scheduler ``serve`` runs, not yet started: each job on its
+        trigger, never overlapping itself (``max_instances=1``), missed runs
+        coalesced into one, a run still started up to the job's
+        ``misfire_grace_seconds`` late."""
         # APScheduler's own warnings (a missed run, a run skipped because the
         # last one is still going) come through the listener as structlog
         # lines; its stdlib logger would print plain text to stderr.
@@ -381,7 +267,7 @@ class Worker:
 
     def serve(self) -> int:
         """Run the jobs on their schedules until stopped; returns 0."""
-        scheduler = self._scheduler()
+        scheduler = self.build_scheduler()
         heartbeat = self.settings.worker.heartbeat_seconds
         status.warn_if_schema_old(self.settings.database)
         server = self._metrics_server()

@@ -37,7 +37,7 @@ import threading
 import time
 import urllib.request
 from collections import deque
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future, InvalidStateError
 from contextlib import contextmanager
 from typing import Any
@@ -45,10 +45,11 @@ from urllib.parse import urlsplit
 
 import structlog
 
-from trr_assets import storage, storage_http
+from trr_assets import storage
 from trr_assets.config import S3Settings
 from trr_assets.errors import StorageError
 from trr_assets.sigv4 import HeaderSigner
+from trr_assets.storage import S3Client, http
 
 log = structlog.get_logger()
 
@@ -58,7 +59,7 @@ _USER_AGENT = "trr-assets"
 _MAX_HEAD_BYTES = 65536  # a response head larger than this is not S3's
 
 
-def native_possible(client: Any) -> str | None:
+def native_possible(client: S3Client) -> str | None:
     """Why ``client``'s HEADs must stay with botocore, or None when they may
     bypass it: a client that is not botocore's (a stand-in), a proxy in the
     environment (botocore honours HTTP(S)_PROXY; this client does not), or
@@ -70,8 +71,9 @@ def native_possible(client: Any) -> str | None:
     proxies = urllib.request.getproxies()
     if proxies.get("http") or proxies.get("https"):
         return "a proxy is configured"
+    events: Any = client.meta.events  # its handlers are botocore's internals, which have no types
     try:
-        handlers = client.meta.events._emitter._handlers.prefix_search("before-send.s3.HeadObject")
+        handlers = events._emitter._handlers.prefix_search("before-send.s3.HeadObject")
     except AttributeError:
         return "cannot tell whether the client's requests are intercepted"
     # A handler that says it is switched off (moto's, once its mock ends) intercepts nothing.
@@ -81,7 +83,7 @@ def native_possible(client: Any) -> str | None:
 
 
 @contextmanager
-def for_client(client: Any, settings: S3Settings) -> Iterator[HeadClient | None]:
+def for_client(client: S3Client, settings: S3Settings) -> Iterator[HeadClient | None]:
     """A ``HeadClient`` for ``client`` while the block runs, or None when
     ``s3.head_client`` is "botocore" or ``native_possible`` says no."""
     if settings.head_client != "native":
@@ -118,7 +120,7 @@ class _Run:
     def fail(self, exc: BaseException) -> None:
         self._settle(lambda: self.future.set_exception(exc))
 
-    def _settle(self, settle: Any) -> None:
+    def _settle(self, settle: Callable[[], None]) -> None:
         if not self.future.done():
             try:
                 settle()
@@ -240,7 +242,7 @@ class HeadClient:
 
     def __init__(
         self,
-        client: Any,
+        client: S3Client,
         settings: S3Settings,
         *,
         backoff_base_seconds: float = 1.0,
@@ -350,7 +352,7 @@ class HeadClient:
 
     async def _open(self, origin: _Origin) -> None:
         if origin.secure and self._ssl is None:
-            self._ssl = storage_http.ssl_context(self._client)
+            self._ssl = http.ssl_context(self._client)
         try:
             _, conn = await asyncio.wait_for(
                 self._loop.create_connection(lambda: _Connection(origin), origin.host, origin.port,
@@ -406,8 +408,8 @@ class HeadClient:
     def _answered(self, conn: _Connection, request: _Request, head: bytes) -> None:
         origin = conn.origin
         try:
-            status, headers = storage_http.parse_head(head)
-        except storage_http.NotHttp as exc:
+            status, headers = http.parse_head(head)
+        except http.NotHttp as exc:
             conn.close()
             self._retry(request, str(exc))
             return
@@ -424,15 +426,15 @@ class HeadClient:
         if self._observe is not None and status not in RETRY_STATUSES:
             self._observe("HeadObject", storage.request_outcome(status), time.monotonic() - request.started)
         if status == 200:
-            request.run.answer(request.index, storage_http.answer_of(headers))
+            request.run.answer(request.index, http.answer_of(headers))
         elif status == 404:
             request.run.answer(request.index, None)
         elif status in RETRY_STATUSES:
-            self._retry(request, f"{status}: {storage_http.phrase(status)}")
+            self._retry(request, f"{status}: {http.phrase(status)}")
         elif status in (301, 307, 400) and "x-amz-bucket-region" in headers:
             self._by_botocore(request)
         else:
-            reason = f"{status}: {storage_http.phrase(status)}"
+            reason = f"{status}: {http.phrase(status)}"
             request.run.fail(StorageError(f"s3: head object (bucket {request.bucket}): {reason}"))
         self._pump(origin)
 

@@ -9,6 +9,10 @@ resets both). The pool's connection user owns the tables and so bypasses
 RLS; the role switch is what makes RLS apply. Without claims the caller is
 the service itself.
 
+The checks of what a caller hands in are beside this module: ``claims``
+(the claims' role, ids) and ``uploads`` (content type, size, filename, and
+the ``UploadGrant`` returned).
+
 URLs are SigV4 query-signed by ``sigv4.QuerySigner`` rather than by
 botocore (byte for byte the same URL, many times faster); the S3 client and
 its credentials still come from boto3 (``storage.make_client``).
@@ -20,15 +24,11 @@ once, and shared by every thread.
 
 from __future__ import annotations
 
-import json
 import os
-import re
 import threading
 import time
-import unicodedata
 import uuid
 from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import TYPE_CHECKING, Any
 
@@ -42,13 +42,16 @@ from trr_assets.errors import (
     TrrAssetsError,
     UploadRefused,
 )
+from trr_assets.presign.claims import claims_json, claims_role, parse_uuid
+from trr_assets.presign.uploads import UploadGrant, checked_content_type, checked_size, safe_filename
 from trr_assets.sigv4 import QuerySigner
 
 if TYPE_CHECKING:
     import psycopg
     from psycopg_pool import ConnectionPool
 
-    from trr_assets.bucket_regions import BucketClients
+    from trr_assets.storage import S3Client
+    from trr_assets.storage.regions import BucketClients
 
 __all__ = [
     "AssetNotFound",
@@ -64,11 +67,8 @@ __all__ = [
 log = structlog.get_logger()
 
 MAX_BATCH = 1000  # ids per get_urls call
-MAX_SINGLE_PUT_BYTES = 5 * 1024**3  # S3 refuses a single PUT above 5 GiB
-CLAIM_ROLES = ("anon", "authenticated", "service_role")  # the roles claims may name
 
 _METHODS = {"get": "GET", "put": "PUT", "GET": "GET", "PUT": "PUT"}
-_CONTENT_TYPE = re.compile(r"[a-z0-9!#$&^_.+-]+/[a-z0-9!#$&^_.+-]+")
 
 
 # --- signing time ------------------------------------------------------------
@@ -92,108 +92,6 @@ def signing_window(now: float, expires: int, window: int) -> tuple[int, int]:
     return second - second % window, expires + window
 
 
-# --- claims --------------------------------------------------------------------
-
-
-def _claims_role(claims: Mapping[str, Any]) -> str:
-    """The database role a request with these claims runs as (PostgREST's rule:
-    the ``role`` claim, or ``anon`` when there is none). Only the API roles are
-    accepted: a claim naming any other role (the table owner, say) is refused."""
-    if not isinstance(claims, Mapping):
-        raise ValueError("claims must be a mapping of JWT claims")
-    role = claims.get("role", "anon")
-    if role not in CLAIM_ROLES:
-        shown = role if isinstance(role, str) and len(role) <= 64 else type(role).__name__
-        raise ValueError(f"claims role {shown!r} is not one of {', '.join(CLAIM_ROLES)}")
-    return str(role)
-
-
-def _claims_json(claims: Mapping[str, Any]) -> str:
-    try:
-        return json.dumps(dict(claims), separators=(",", ":"))
-    except (TypeError, ValueError) as exc:
-        raise ValueError(f"claims must be JSON-serializable ({exc})") from None
-
-
-def _parse_uuid(value: object, what: str) -> uuid.UUID:
-    if isinstance(value, uuid.UUID):
-        return value
-    if isinstance(value, str) and len(value) <= 64:
-        try:
-            return uuid.UUID(value)
-        except ValueError:
-            pass
-    shown = repr(value) if isinstance(value, str) and len(value) <= 64 else type(value).__name__
-    raise ValueError(f"{what} {shown} is not a UUID")
-
-
-# --- uploads -------------------------------------------------------------------
-
-
-@dataclass(frozen=True, slots=True)
-class UploadGrant:
-    """A presigned PUT for a new asset whose row is already recorded.
-
-    The client must send ``headers`` (the signed content type and length)
-    with the PUT; S3 refuses the upload otherwise. ``expires_at`` is when the
-    URL stops working (UTC).
-    """
-
-    asset_id: uuid.UUID
-    bucket: str
-    key: str
-    url: str
-    headers: dict[str, str] = field(hash=False)
-    expires_at: datetime
-
-
-def safe_filename(filename: str, *, max_length: int = 100) -> str:
-    """``filename`` made safe for the last segment of an object key.
-
-    Only the last path component is kept; anything but letters, digits,
-    ``-``, ``_`` and single dots becomes ``-`` (so no ``/``, ``\\``, ``..``,
-    control or invisible formatting characters survive); the extension is
-    kept (ASCII letters and digits, at most 16); an empty stem becomes
-    ``file``.
-    """
-    if not isinstance(filename, str):
-        raise ValueError("filename must be a string")
-    name = re.split(r"[/\\]", unicodedata.normalize("NFC", filename))[-1]
-    stem, dot, extension = name.rpartition(".")
-    if not dot:
-        stem, extension = name, ""
-    stem = "".join(c if c.isalnum() or c in "-_." else "-" for c in stem)
-    stem = re.sub(r"-{2,}", "-", re.sub(r"\.{2,}", ".", stem)).strip("-_.")[:max_length].rstrip("-_.")
-    extension = re.sub(r"[^0-9A-Za-z]", "", extension)[:16]
-    return (stem or "file") + ("." + extension if extension else "")
-
-
-def _checked_content_type(content_type: object, allowed: Iterable[str]) -> str:
-    if not isinstance(content_type, str) or not _CONTENT_TYPE.fullmatch(content_type.lower()):
-        raise ValueError("content_type must be a bare type/subtype such as image/png")
-    normalized = content_type.lower()
-    kind = normalized.partition("/")[0]
-    for pattern in allowed:
-        pattern = pattern.lower()
-        if pattern == normalized or (pattern.endswith("/*") and pattern[:-2] == kind):
-            return normalized
-    raise UploadRefused(
-        f"upload refused: content type {normalized} is not allowed (presign.allowed_content_types)"
-    )
-
-
-def _checked_size(size_bytes: object, maximum: int) -> int:
-    if isinstance(size_bytes, bool) or not isinstance(size_bytes, int) or size_bytes < 0:
-        raise ValueError("size_bytes must be a whole number >= 0")
-    if size_bytes > maximum:
-        raise UploadRefused(
-            f"upload refused: {size_bytes} bytes is more than presign.max_upload_bytes ({maximum})"
-        )
-    if size_bytes > MAX_SINGLE_PUT_BYTES:
-        raise UploadRefused(f"upload refused: a single PUT carries at most {MAX_SINGLE_PUT_BYTES} bytes")
-    return size_bytes
-
-
 # --- the presigner -------------------------------------------------------------
 
 
@@ -212,7 +110,7 @@ class Presigner:
         self._lock = threading.Lock()
         self._pool: ConnectionPool | None = None
         self._signer: QuerySigner | None = None
-        self._client: Any = None
+        self._client: S3Client | None = None
         self._buckets: BucketClients | None = None
         self._closed = False
 
@@ -251,9 +149,9 @@ class Presigner:
         the one exception to 404, and no URL ever leaves.
         """
         try:
-            wanted = _parse_uuid(asset_id, "asset id")
+            wanted = parse_uuid(asset_id, "asset id")
             if claims is not None:
-                _claims_role(claims)
+                claims_role(claims)
         except ValueError as exc:
             raise AssetNotFound(f"no visible asset: {exc}") from None
         rows = self._select("presign_find_asset", {"id": wanted}, claims)
@@ -277,9 +175,9 @@ class Presigner:
         given = list(asset_ids)
         if len(given) > MAX_BATCH:
             raise ValueError(f"at most {MAX_BATCH} asset ids per call, got {len(given)}")
-        wanted = [(item, _parse_uuid(item, "asset id")) for item in given]
+        wanted = [(item, parse_uuid(item, "asset id")) for item in given]
         if claims is not None:
-            _claims_role(claims)
+            claims_role(claims)
         if not wanted:
             return {}
         rows = self._select("presign_find_assets", {"ids": list({u for _, u in wanted})}, claims)
@@ -330,13 +228,13 @@ class Presigner:
         insert the row (with the shipped policies, anyone but the service
         role), a show that does not exist. Malformed arguments: ``ValueError``.
         """
-        show = _parse_uuid(show_id, "show_id")
-        owner = None if owner_id is None else _parse_uuid(owner_id, "owner_id")
+        show = parse_uuid(show_id, "show_id")
+        owner = None if owner_id is None else parse_uuid(owner_id, "owner_id")
         presign = self.settings.presign
-        normalized_type = _checked_content_type(content_type, presign.allowed_content_types)
-        size = _checked_size(size_bytes, presign.max_upload_bytes)
+        normalized_type = checked_content_type(content_type, presign.allowed_content_types)
+        size = checked_size(size_bytes, presign.max_upload_bytes)
         if claims is not None:
-            _claims_role(claims)
+            claims_role(claims)
         bucket = self._upload_bucket()
         key = f"shows/{show}/{uuid.uuid4()}-{safe_filename(filename)}"
         # Sign before writing: if signing fails (no credentials), no row is
@@ -462,9 +360,9 @@ class Presigner:
 
         from trr_assets import db
 
-        role = _claims_role(claims)
+        role = claims_role(claims)
         conn.execute(sql.SQL("set local role {}").format(sql.Identifier(role)))
-        conn.execute(db.query("presign_set_claims"), {"claims": _claims_json(claims)})
+        conn.execute(db.query("presign_set_claims"), {"claims": claims_json(claims)})
 
     def _connection_pool(self) -> ConnectionPool:
         pool = self._pool
@@ -488,7 +386,7 @@ class Presigner:
             self._check_open()
             if self._signer is None:
                 from trr_assets import storage
-                from trr_assets.bucket_regions import BucketClients
+                from trr_assets.storage.regions import BucketClients
 
                 # Each bucket's URLs are signed for the region it lives in.
                 self._client = storage.make_client(self.settings.s3)

@@ -31,7 +31,7 @@ from __future__ import annotations
 import itertools
 import threading
 from collections import Counter
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
@@ -40,15 +40,15 @@ from typing import Any
 import psycopg
 import structlog
 
-from trr_assets import db, erasures, keys, storage_versions
-from trr_assets.config import Settings
+from trr_assets import db, erasures, keys
 from trr_assets.errors import TrrAssetsError, one_line
+from trr_assets.reconcile.scope import RunScope
 from trr_assets.records import RowInfo
-from trr_assets.storage_versions import UploadInfo, VersionInfo
+from trr_assets.storage import versions as storage_versions
+from trr_assets.storage.versions import UploadInfo, VersionInfo
 
 log = structlog.get_logger()
 
-Sink = Callable[[dict[str, Any]], None]
 
 # Counters, in the order reports show them.
 SCAN_COUNTS = (
@@ -118,31 +118,13 @@ def _first(version: VersionInfo) -> str:
 class VersionsPass:
     """One run of ``reconcile --versions`` over some buckets."""
 
-    def __init__(
-        self,
-        settings: Settings,
-        client: Any,
-        buckets: list[str],
-        prefix: str,
-        cutoff: datetime,
-        *,
-        repair: bool,
-        force: bool,
-        sink: Sink | None,
-        now: datetime,
-        stop: threading.Event | None = None,
-    ) -> None:
-        self.settings = settings
-        self.client = client
-        self.buckets = buckets
-        self.prefix = prefix
-        self.cutoff = cutoff
+    def __init__(self, scope: RunScope, *, repair: bool, force: bool, now: datetime) -> None:
+        settings = scope.settings
+        self.scope = scope
         self.repair = repair
         self.force = force
-        self.sink = sink
-        self.stop = stop
         self.upload_cutoff = now - timedelta(days=settings.reconcile.incomplete_upload_days)
-        self.states = {bucket: BucketVersions() for bucket in buckets}
+        self.states = {bucket: BucketVersions() for bucket in scope.buckets}
         self.lock = threading.Lock()
         self.pool = db.make_pool(settings.database, name="trr-assets reconcile versions", min_size=1,
                                  max_size=settings.s3.list_concurrency * (2 if repair else 1))
@@ -163,12 +145,12 @@ class VersionsPass:
     # -- passes
 
     def _pass(self, *, emit: bool, act: bool) -> None:
-        ranges = keys.shard_ranges(self.prefix, self.settings.s3.list_shards)
-        units = [(b, r) for b in self.buckets for r in ranges]
-        workers = max(1, min(self.settings.s3.list_concurrency, len(units)))
+        ranges = keys.shard_ranges(self.scope.prefix, self.scope.settings.s3.list_shards)
+        units = [(b, r) for b in self.scope.buckets for r in ranges]
+        workers = max(1, min(self.scope.settings.s3.list_concurrency, len(units)))
         with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="reconcile-versions") as pool:
             futures = [pool.submit(self._shard, bucket, key_range, emit=emit, act=act) for bucket, key_range in units]
-            futures += [pool.submit(self._uploads, bucket, emit=emit, act=act) for bucket in self.buckets]
+            futures += [pool.submit(self._uploads, bucket, emit=emit, act=act) for bucket in self.scope.buckets]
             for future in futures:
                 future.result()  # a bug (not a listing or query failure) stops the run
 
@@ -181,7 +163,7 @@ class VersionsPass:
 
     def _skip(self, bucket: str, act: bool) -> bool:
         state = self.states[bucket]
-        if self.stop is not None and self.stop.is_set():
+        if self.scope.stop is not None and self.scope.stop.is_set():
             self._fail(bucket, TrrAssetsError("reconcile: stopped before the end (shutting down)"))
             return True
         return state.error is not None or (act and state.refusal is not None)
@@ -195,7 +177,7 @@ class VersionsPass:
                 with conn.transaction():
                     rows = db.stream_row_keys(conn, bucket, key_range)
                     pages = storage_versions.list_versions(
-                        self.client, bucket, prefix=self.prefix, start_at=key_range.start_at,
+                        self.scope.client, bucket, prefix=self.scope.prefix, start_at=key_range.start_at,
                         stop_before=key_range.stop_before)
                     for item, claimed in _with_rows(_grouped(pages), rows):
                         finding = self._judge_key(bucket, item, claimed, counts)
@@ -219,7 +201,7 @@ class VersionsPass:
         counts["delete_markers"] += len(markers)
         if claimed or any(v.is_latest for v in versions):
             return None  # a row or a queued deletion, or a current object: the plain reconcile's business
-        if max(v.last_modified for v in item.entries) > self.cutoff:
+        if max(v.last_modified for v in item.entries) > self.scope.cutoff:
             counts["skipped_recent_versions"] += 1
             return None
         if versions:
@@ -246,15 +228,15 @@ class VersionsPass:
         self._sink(finding)
 
     def _sink(self, finding: dict[str, Any]) -> None:
-        if self.sink is not None:
+        if self.scope.sink is not None:
             with self.lock:
-                self.sink(finding)
+                self.scope.sink(finding)
 
     # -- repairs
 
     def _repair_key(self, bucket: str, kind: str, item: _Key, counts: Counter[str]) -> tuple[str, dict[str, Any]]:
-        policy = (self.settings.reconcile.orphaned_versions if kind == "orphaned_versions"
-                  else self.settings.reconcile.lone_delete_markers)
+        policy = (self.scope.settings.reconcile.orphaned_versions if kind == "orphaned_versions"
+                  else self.scope.settings.reconcile.lone_delete_markers)
         if policy != "delete":
             return "none", {}
         if not self._take_budget(bucket, len(item.entries)):
@@ -294,7 +276,7 @@ class VersionsPass:
         with conn.transaction():
             intents = erasures.intend(conn, items, deleted_by=by)
         deleted, refused = storage_versions.delete_versions(
-            self.client, bucket, [(v.key, v.version_id) for v in item.entries])
+            self.scope.client, bucket, [(v.key, v.version_id) for v in item.entries])
         done = {(d.key, d.version_id) for d in deleted}
         with conn.transaction():
             erasures.confirm(conn, [i for i, v in zip(intents, item.entries, strict=True)
@@ -318,9 +300,9 @@ class VersionsPass:
             return
         counts: Counter[str] = Counter()
         try:
-            for page in storage_versions.list_uploads(self.client, bucket, prefix=self.prefix):
+            for page in storage_versions.list_uploads(self.scope.client, bucket, prefix=self.scope.prefix):
                 for upload in page:
-                    size = storage_versions.upload_bytes(self.client, bucket, upload.key, upload.upload_id)
+                    size = storage_versions.upload_bytes(self.scope.client, bucket, upload.key, upload.upload_id)
                     if size is None:
                         continue  # completed or aborted since it was listed
                     counts["incomplete_uploads"] += 1
@@ -343,7 +325,7 @@ class VersionsPass:
                                    "upload_id": upload.upload_id, "initiated": upload.initiated.isoformat(),
                                    "size": size}
         action, extra = "none", dict[str, Any]()
-        if act and self.settings.reconcile.incomplete_uploads == "abort":
+        if act and self.scope.settings.reconcile.incomplete_uploads == "abort":
             action, extra = self._abort(bucket, upload, size, counts)
         finding["action"] = action
         finding.update(extra)
@@ -358,7 +340,7 @@ class VersionsPass:
             with db.wrap_errors(f"abort upload of {upload.key}"), self.pool.connection() as conn:
                 aborted = erasures.erase(
                     conn, item, deleted_by=erasures.BY_INCOMPLETE_UPLOAD,
-                    delete=lambda: (storage_versions.abort_upload(self.client, bucket, upload.key,
+                    delete=lambda: (storage_versions.abort_upload(self.scope.client, bucket, upload.key,
                                                                   upload.upload_id), None))
         except TrrAssetsError as exc:
             counts["version_action_errors"] += 1
@@ -373,7 +355,7 @@ class VersionsPass:
     # -- judging a bucket before repair
 
     def _judge(self) -> None:
-        rc = self.settings.reconcile
+        rc = self.scope.settings.reconcile
         for bucket, state in self.states.items():
             if state.error is not None:
                 state.refusal = (f"bucket {bucket}: versions repair refused, a listing or query failed part way "

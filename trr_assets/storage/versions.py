@@ -12,13 +12,18 @@ import heapq
 import operator
 from collections.abc import Callable, Iterator, Sequence
 from datetime import datetime
-from typing import Any, NamedTuple
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 import botocore.exceptions
 import structlog
 
 from trr_assets.errors import StorageError
-from trr_assets.storage import clip, error_code, just_below, narrowed, strip_etag, wrap_errors, wrapped
+from trr_assets.storage.listing import clip, just_below, narrowed, strip_etag
+from trr_assets.storage.wrapping import error_code, wrap_errors, wrapped
+
+if TYPE_CHECKING:  # the stubs (boto3-stubs[s3]) are a test extra: annotations only
+    from mypy_boto3_s3 import S3Client
+    from mypy_boto3_s3.type_defs import ObjectIdentifierTypeDef
 
 log = structlog.get_logger()
 
@@ -73,7 +78,7 @@ _key = operator.itemgetter(0)
 
 
 def list_versions(
-    client: Any,
+    client: S3Client,
     bucket: str,
     *,
     prefix: str = "",
@@ -126,7 +131,7 @@ def list_versions(
         params["VersionIdMarker"] = page["NextVersionIdMarker"]
 
 
-def versions_of(client: Any, bucket: str, key: str) -> list[VersionInfo]:
+def versions_of(client: S3Client, bucket: str, key: str) -> list[VersionInfo]:
     """Every version and delete marker of exactly ``key`` (versions, then markers)."""
     found: list[VersionInfo] = []
     params: dict[str, Any] = {"Bucket": bucket, "Prefix": key}
@@ -138,10 +143,10 @@ def versions_of(client: Any, bucket: str, key: str) -> list[VersionInfo]:
                 found.append(VersionInfo(key, item.get("VersionId") or "null", bool(item.get("IsLatest")), False,
                                          item.get("Size") or 0, strip_etag(item.get("ETag")),
                                          item["LastModified"]))
-        for item in page.get("DeleteMarkers", ()):
-            if item["Key"] == key:
-                found.append(VersionInfo(key, item.get("VersionId") or "null", bool(item.get("IsLatest")), True,
-                                         0, "", item["LastModified"]))
+        for marker in page.get("DeleteMarkers", ()):
+            if marker["Key"] == key:
+                found.append(VersionInfo(key, marker.get("VersionId") or "null", bool(marker.get("IsLatest")), True,
+                                         0, "", marker["LastModified"]))
         # Listings are in key order and ``key`` sorts first among the keys it
         # prefixes: once the listing has moved past it, it is done.
         if not page.get("IsTruncated") or page.get("NextKeyMarker") != key:
@@ -152,7 +157,7 @@ def versions_of(client: Any, bucket: str, key: str) -> list[VersionInfo]:
 
 
 def delete_versions(
-    client: Any, bucket: str, targets: Sequence[tuple[str, str | None]]
+    client: S3Client, bucket: str, targets: Sequence[tuple[str, str | None]]
 ) -> tuple[list[Deleted], list[Refused]]:
     """Delete ``(key, version_id)`` pairs (``None``: the current object, which
     on a versioned bucket places a delete marker), 1,000 per request.
@@ -164,7 +169,9 @@ def delete_versions(
     refused: list[Refused] = []
     for start in range(0, len(targets), MAX_KEYS_PER_REQUEST):
         chunk = targets[start : start + MAX_KEYS_PER_REQUEST]
-        objects = [{"Key": k, "VersionId": v} if v is not None else {"Key": k} for k, v in chunk]
+        objects: list[ObjectIdentifierTypeDef] = [
+            {"Key": k, "VersionId": v} if v is not None else {"Key": k} for k, v in chunk
+        ]
         try:
             with wrap_errors("delete objects", bucket):
                 answer = client.delete_objects(Bucket=bucket, Delete={"Objects": objects, "Quiet": False})
@@ -176,12 +183,12 @@ def delete_versions(
             marker = item.get("DeleteMarkerVersionId") if item.get("DeleteMarker") else None
             confirmed[(item.get("Key", ""), item.get("VersionId"))] = marker
         errors: dict[tuple[str, str | None], str] = {}
-        for item in answer.get("Errors", ()):
-            pair = (item.get("Key", ""), item.get("VersionId"))
-            if item.get("Code") in _GONE_CODES:
+        for error in answer.get("Errors", ()):
+            pair = (error.get("Key", ""), error.get("VersionId"))
+            if error.get("Code") in _GONE_CODES:
                 confirmed[pair] = None
             else:
-                errors[pair] = f"{item.get('Code', '')}: {item.get('Message') or item.get('Code', '')}"
+                errors[pair] = f"{error.get('Code', '')}: {error.get('Message') or error.get('Code', '')}"
         for k, v in chunk:
             if (k, v) in confirmed:
                 deleted.append(Deleted(k, v, None if v is not None else confirmed[(k, v)]))
@@ -190,7 +197,7 @@ def delete_versions(
     return deleted, refused
 
 
-def version_exists(client: Any, bucket: str, key: str, version_id: str) -> bool:
+def version_exists(client: S3Client, bucket: str, key: str, version_id: str) -> bool:
     """Whether this version (or delete marker) of ``key`` is still listed."""
     return any(v.version_id == version_id for v in versions_of(client, bucket, key))
 
@@ -198,7 +205,7 @@ def version_exists(client: Any, bucket: str, key: str, version_id: str) -> bool:
 # --- multipart uploads -----------------------------------------------------------
 
 
-def list_uploads(client: Any, bucket: str, *, prefix: str = "") -> Iterator[list[UploadInfo]]:
+def list_uploads(client: S3Client, bucket: str, *, prefix: str = "") -> Iterator[list[UploadInfo]]:
     """The incomplete multipart uploads under ``prefix``, a page at a time."""
     params: dict[str, Any] = {"Bucket": bucket, "Prefix": prefix}
     while True:
@@ -213,7 +220,7 @@ def list_uploads(client: Any, bucket: str, *, prefix: str = "") -> Iterator[list
         params["UploadIdMarker"] = page.get("NextUploadIdMarker", "")
 
 
-def upload_bytes(client: Any, bucket: str, key: str, upload_id: str) -> int | None:
+def upload_bytes(client: S3Client, bucket: str, key: str, upload_id: str) -> int | None:
     """The bytes of an upload's parts so far (ListParts); None when the
     upload is gone (completed or aborted since it was listed)."""
     total: int = 0
@@ -231,7 +238,7 @@ def upload_bytes(client: Any, bucket: str, key: str, upload_id: str) -> int | No
         params["PartNumberMarker"] = page["NextPartNumberMarker"]
 
 
-def abort_upload(client: Any, bucket: str, key: str, upload_id: str) -> bool:
+def abort_upload(client: S3Client, bucket: str, key: str, upload_id: str) -> bool:
     """Abort a multipart upload (its parts are deleted): True; False when it
     was already gone (aborted, or completed since it was listed)."""
     try:
@@ -243,5 +250,5 @@ def abort_upload(client: Any, bucket: str, key: str, upload_id: str) -> bool:
     return True
 
 
-def upload_exists(client: Any, bucket: str, key: str, upload_id: str) -> bool:
+def upload_exists(client: S3Client, bucket: str, key: str, upload_id: str) -> bool:
     return upload_bytes(client, bucket, key, upload_id) is not None

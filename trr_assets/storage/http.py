@@ -1,4 +1,4 @@
-"""HTTP/1.1 pieces of the native HEAD client (``storage_heads``): a
+"""HTTP/1.1 pieces of the native HEAD client (``storage.heads``): a
 response head read, a HEAD's answer shaped as botocore's ``head_object``
 gives it, the reason phrase botocore reports for a bodiless error, and TLS
 verified as the botocore client verifies it."""
@@ -9,7 +9,10 @@ import email.utils
 import http
 import ssl
 from datetime import datetime, timezone
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:  # the stubs (boto3-stubs[s3]) are a test extra: annotations only
+    from mypy_boto3_s3 import S3Client
 
 
 class NotHttp(Exception):
@@ -75,7 +78,7 @@ def phrase(status: int) -> str:
         return "Unknown"
 
 
-def ssl_context(client: Any) -> ssl.SSLContext:
+def ssl_context(client: S3Client) -> ssl.SSLContext:
     """Verify certificates as the botocore client does (its CA bundle, or not at all)."""
     verify: Any = True
     session = getattr(getattr(client, "_endpoint", None), "http_session", None)

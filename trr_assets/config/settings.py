@@ -1,30 +1,23 @@
-"""Typed, validated settings: TOML file plus environment overrides.
+"""The settings: one frozen dataclass per section of the file, each key with
+its default and its check.
 
-Where the file is found: ``--config PATH``, else ``$TRR_ASSETS_CONFIG``, else
-``./config.toml`` when present, else the defaults. The environment overrides
-the file: ``TRR_ASSETS_<SECTION>_<KEY>`` for any key, plus ``DATABASE_URL``
-for ``database.url`` (``TRR_ASSETS_DATABASE_URL`` wins over it when both are
-set). Everything is checked before anything is touched; a bad value raises
-``ConfigError`` with one line naming the key (exit 2 at the CLI).
-
-This module is imported by the presigner, so it imports nothing heavy.
+A key is declared with ``_setting(default, check)``; the check returns what
+is wrong with a value, or None. ``Settings`` holds every section;
+``SECTIONS`` names them as the file does. Values are coerced and checked as
+a section is built (``config.values``); where they come from (the file, the
+environment) is ``config.loading``.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import os
 import re
-import tomllib
-import typing
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
-from trr_assets.errors import ConfigError
+from trr_assets.config.values import build_section
 
-ENV_PREFIX = "TRR_ASSETS_"
 SIGV4_MAX_EXPIRES_SECONDS = 604800
 
 Check = Callable[[Any], str | None]  # returns a description of what is wrong, or None
@@ -263,7 +256,7 @@ class Settings:
         changes = {}
         for name, values in sections.items():
             section = getattr(self, name)
-            changes[name] = _build_section(
+            changes[name] = build_section(
                 type(section), {**dataclasses.asdict(section), **values}, {}, name
             )
         return dataclasses.replace(self, **changes)
@@ -274,194 +267,3 @@ SECTIONS: dict[str, type] = {
     for f in dataclasses.fields(Settings)
     if f.name != "source"
 }
-
-
-def find_config_file(path: str | os.PathLike[str] | None) -> Path | None:
-    """The file the settings come from, or None for the defaults."""
-    if path is not None:
-        candidate, origin = Path(path), "--config"
-    elif os.environ.get(ENV_PREFIX + "CONFIG"):
-        candidate, origin = Path(os.environ[ENV_PREFIX + "CONFIG"]), "$TRR_ASSETS_CONFIG"
-    else:
-        default = Path("config.toml")
-        return default if default.is_file() else None
-    if candidate.is_dir():
-        raise ConfigError(f"config file {candidate} is a directory, not a file (from {origin})")
-    if not candidate.is_file():
-        raise ConfigError(f"config file not found: {candidate} (from {origin})")
-    return candidate
-
-
-def load_settings(
-    path: str | os.PathLike[str] | None = None,
-    *,
-    environ: Mapping[str, str] | None = None,
-) -> Settings:
-    """Find, read, override from the environment and validate the settings."""
-    environ = os.environ if environ is None else environ
-    config_file = find_config_file(path)
-    data: dict[str, Any] = {}
-    if config_file is not None:
-        try:
-            data = tomllib.loads(config_file.read_text(encoding="utf-8"))
-        except tomllib.TOMLDecodeError as exc:
-            raise ConfigError(f"config file {config_file}: not valid TOML ({exc})") from exc
-        except OSError as exc:
-            raise ConfigError(f"config file {config_file}: cannot be read ({exc.strerror})") from exc
-    return settings_from_mapping(
-        data, environ=environ, source=str(config_file) if config_file else "defaults"
-    )
-
-
-def settings_from_mapping(
-    data: Mapping[str, Any],
-    *,
-    environ: Mapping[str, str] | None = None,
-    source: str = "defaults",
-) -> Settings:
-    """Settings from a TOML-shaped mapping plus environment overrides."""
-    environ = {} if environ is None else environ
-    unknown = sorted(set(data) - set(SECTIONS))
-    if unknown:
-        raise ConfigError(f"config: unknown section [{unknown[0]}]")
-    overrides = _environment_overrides(environ)
-    sections = {}
-    for name, cls in SECTIONS.items():
-        values = data.get(name, {})
-        if not isinstance(values, dict):
-            raise ConfigError(f"config: [{name}] must be a table")
-        sections[name] = _build_section(cls, values, overrides.get(name, {}), name)
-    settings = Settings(**sections, source=source)
-    _check_across_sections(settings)
-    return settings
-
-
-def _environment_overrides(environ: Mapping[str, str]) -> dict[str, dict[str, tuple[str, str]]]:
-    """``{section: {key: (raw value, variable name)}}`` from the environment."""
-    found: dict[str, dict[str, tuple[str, str]]] = {}
-    if environ.get("DATABASE_URL"):
-        found.setdefault("database", {})["url"] = (environ["DATABASE_URL"], "DATABASE_URL")
-    for name, raw in environ.items():
-        if not name.startswith(ENV_PREFIX):
-            continue
-        rest = name[len(ENV_PREFIX) :].lower()
-        section, _, key = rest.partition("_")
-        # Other TRR_ASSETS_* variables (CONFIG, TEST_DATABASE_URL, ...) are not settings.
-        if section in SECTIONS and key:
-            known = {f.name for f in dataclasses.fields(SECTIONS[section])}
-            if key not in known:
-                raise ConfigError(f"config: unknown key {section}.{key} (from {name})")
-            found.setdefault(section, {})[key] = (raw, name)
-    return found
-
-
-def _build_section(
-    cls: type, values: Mapping[str, Any], env: Mapping[str, tuple[str, str]], section: str
-) -> Any:
-    hints = typing.get_type_hints(cls)
-    fields = {f.name: f for f in dataclasses.fields(cls)}
-    unknown = sorted(set(values) - set(fields))
-    if unknown:
-        raise ConfigError(f"config: unknown key {section}.{unknown[0]}")
-    kwargs = {}
-    for name, spec in fields.items():
-        key = f"{section}.{name}"
-        if name in env:
-            raw, variable = env[name]
-            value = _parse_env(raw, hints[name], key, variable)
-            origin = f" (from {variable})"
-        elif name in values:
-            value, origin = values[name], ""
-        else:
-            continue
-        value = _coerce(value, hints[name], key, origin)
-        check = spec.metadata.get("check")
-        problem = check(value) if check else None
-        if problem:
-            shown = "" if "url" in name else f", got {value!r}"
-            raise ConfigError(f"config: {key} {problem}{shown}{origin}")
-        kwargs[name] = value
-    return cls(**kwargs)
-
-
-def _parse_env(raw: str, kind: Any, key: str, variable: str) -> Any:
-    if kind is bool:
-        lowered = raw.strip().lower()
-        if lowered in ("1", "true", "yes", "on"):
-            return True
-        if lowered in ("0", "false", "no", "off"):
-            return False
-        raise ConfigError(f"config: {key} must be true or false, got {raw!r} (from {variable})")
-    if kind in (int, float):
-        try:
-            return kind(raw.strip())
-        except ValueError:
-            what = "a whole number" if kind is int else "a number"
-            raise ConfigError(f"config: {key} must be {what}, got {raw!r} (from {variable})") from None
-    if typing.get_origin(kind) is dict:
-        return _parse_env_table(raw, key, variable)
-    if typing.get_origin(kind) is list:
-        text = raw.strip()
-        if text.startswith("["):
-            try:
-                return tomllib.loads(f"v = {text}")["v"]
-            except tomllib.TOMLDecodeError:
-                raise ConfigError(
-                    f"config: {key} must be a TOML array or a comma-separated list (from {variable})"
-                ) from None
-        return [part.strip() for part in text.split(",") if part.strip()]
-    return raw
-
-
-def _parse_env_table(raw: str, key: str, variable: str) -> dict[str, str]:
-    """A table from the environment: a TOML inline table (``{b = "eu-west-1"}``)
-    or comma-separated ``name=value`` pairs."""
-    text = raw.strip()
-    problem = f"config: {key} must be a TOML inline table or name=value pairs separated by commas (from {variable})"
-    if text.startswith("{"):
-        try:
-            return dict(tomllib.loads(f"v = {text}")["v"])
-        except tomllib.TOMLDecodeError:
-            raise ConfigError(problem) from None
-    table = {}
-    for pair in filter(None, (part.strip() for part in text.split(","))):
-        name, equals, value = pair.partition("=")
-        if not equals or not name.strip():
-            raise ConfigError(problem)
-        table[name.strip()] = value.strip()
-    return table
-
-
-def _coerce(value: Any, kind: Any, key: str, origin: str) -> Any:
-    if kind is bool:
-        if isinstance(value, bool):
-            return value
-        raise ConfigError(f"config: {key} must be true or false, got {value!r}{origin}")
-    if kind is int:
-        if isinstance(value, int) and not isinstance(value, bool):
-            return value
-        raise ConfigError(f"config: {key} must be a whole number, got {value!r}{origin}")
-    if kind is float:
-        if isinstance(value, (int, float)) and not isinstance(value, bool):
-            return float(value)
-        raise ConfigError(f"config: {key} must be a number, got {value!r}{origin}")
-    if typing.get_origin(kind) is list:
-        if isinstance(value, list) and all(isinstance(v, str) for v in value):
-            return list(value)
-        raise ConfigError(f"config: {key} must be a list of strings{origin}")
-    if typing.get_origin(kind) is dict:
-        if isinstance(value, dict) and all(isinstance(v, str) for v in value.values()):
-            return dict(value)
-        raise ConfigError(f"config: {key} must be a table of strings{origin}")
-    if isinstance(value, str):
-        return value
-    raise ConfigError(f"config: {key} must be a string{origin}")
-
-
-def _check_across_sections(settings: Settings) -> None:
-    db = settings.database
-    if db.pool_min_size > db.pool_max_size:
-        raise ConfigError("config: database.pool_min_size must not exceed database.pool_max_size")
-    d = settings.deletes
-    if d.backoff_base_seconds > d.backoff_max_seconds:
-        raise ConfigError("config: deletes.backoff_base_seconds must not exceed deletes.backoff_max_seconds")
