@@ -16,7 +16,10 @@ changes nothing: every event of it is then stale.
   nothing is done (no HEAD: sync's SAME). Otherwise the object is written by
   the row writer (``writer.upsert_objects``: HEAD for content type and
   ``owner-id``, same columns, same skips, never a key whose deletion is
-  queued).
+  queued). With ``sync.metadata = "listing"`` an event that gives size and
+  ETag is written as sync writes a listed object in that mode, without a
+  HEAD (content type from the key, the key put on the list for a later
+  ``"head"`` pass); an event without them is HEADed as before.
 - ``ObjectRemoved:*``: with ``reconcile.orphaned_rows = "report"`` the row
   is left (reconcile reports it). With ``"delete"`` the row is locked, S3 is
   asked whether the object is really gone, and only then the row is deleted,
@@ -43,7 +46,7 @@ from typing import Any
 import psycopg
 import structlog
 
-from trr_assets import db, keys, storage, writer
+from trr_assets import db, keys, metadata, storage, writer
 from trr_assets.config import Settings
 from trr_assets.events import Event, Kind, newest_per_key
 from trr_assets.storage import ObjectInfo
@@ -182,17 +185,24 @@ def _create(
             db.query("events_current_rows"), {"bucket": bucket, "keys": [e.key for e in created]}
         ).fetchall()
     }
-    write: list[ObjectInfo] = []
+    by_head: list[ObjectInfo] = []
+    by_event: list[ObjectInfo] = []  # sync.metadata = "listing": the event says all a listing would
+    from_events = settings.sync.metadata == metadata.LISTING
     for event in sorted(created, key=lambda e: e.key):
-        if event.size is not None and event.etag is not None and current.get(event.key) == (event.size, event.etag):
+        known = event.size is not None and event.etag is not None
+        if known and current.get(event.key) == (event.size, event.etag):
             rows["unchanged"] += 1
-        else:
-            # size and ETag as the event says (the HEAD's answer replaces them)
-            write.append(ObjectInfo(event.key, event.size or 0, event.etag or "", event.event_time or _EPOCH))
-    if not write:
-        return Outcome()
-    counts = writer.upsert_objects(conn, s3, bucket, write, settings=settings, head_pool=heads.pool,
-                                   head_client=heads.native)
+            continue
+        # size and ETag as the event says (a HEAD's answer replaces them)
+        obj = ObjectInfo(event.key, event.size or 0, event.etag or "", event.event_time or _EPOCH)
+        (by_event if known and from_events else by_head).append(obj)
+    counts = writer.UpsertCounts()
+    if by_head:
+        counts += writer.upsert_objects(conn, s3, bucket, by_head, settings=settings, head_pool=heads.pool,
+                                        head_client=heads.native)
+    if by_event:
+        counts += writer.upsert_objects(conn, s3, bucket, by_event, settings=settings, from_listing=True)
+        metadata.mark_pending(conn, bucket, [obj.key for obj in by_event])
     for name in ("inserted", "updated", "unchanged", "pending_deletes", "vanished"):
         rows[name] += getattr(counts, name)
     return Outcome(skipped=counts.skipped, skipped_by_reason=dict(counts.skipped_by_reason))

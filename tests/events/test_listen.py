@@ -151,3 +151,34 @@ def test_empty_queue_list_is_a_config_error(db_url: str, s3: Any) -> None:
 
     with pytest.raises(ConfigError, match="events.queue_urls"):
         listen.run(make_settings(db_url), once=True, s3=s3)
+
+
+def test_listing_mode_writes_rows_from_the_event_without_a_head(
+    db_url: str, conn: psycopg.Connection[Any], s3: Any, sqs: Any
+) -> None:
+    """With sync.metadata = "listing", a creation event that gives size and ETag makes its row as sync's
+    listing mode does: no HEAD, content type from the key, owner left, the key on the list for a later
+    "head" pass, which then fills the row from S3. An event without size and ETag is still HEADed."""
+    url = make_queue(sqs, s3, notify=False)
+    show = make_show(conn)
+    a, b = show_key(show, "a.png"), show_key(show, "b.webp")
+    etag_a = put(s3, a, b"aaaa", content_type="image/x-custom", owner=str(show))
+    put(s3, b, b"bb", content_type="image/x-other")
+    heads: list[str] = []
+    s3.meta.events.register("after-call.s3.HeadObject", lambda **kw: heads.append("x"))
+    send(sqs, url, body(record(a, "0A", size=4, etag=etag_a), record(b, "0B", size=None, etag=None)))
+
+    report = once(listen_settings(db_url, url, sync={"metadata": "listing"}), s3)
+
+    assert (report.applied, report.rows.get("inserted")) == (2, 2)
+    assert len(heads) == 1  # b's event says nothing of size and ETag: HEADed
+    assert rows(conn)[a] == (show, 4, etag_a, "image/png", None)
+    assert rows(conn)[b][3] == "image/x-other"
+    pending = conn.execute("select object_key from trr_assets.heads_pending").fetchall()
+    assert pending == [(a,)]
+
+    from trr_assets import sync
+
+    filled = sync.run(make_settings(db_url), client=s3)
+    assert filled.filled == 1 and len(heads) == 2
+    assert rows(conn)[a] == (show, 4, etag_a, "image/x-custom", show)
