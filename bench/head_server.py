@@ -39,8 +39,17 @@ class _Handler(BaseHTTPRequestHandler):
         self.end_headers()
 
 
+class _Server(ThreadingHTTPServer):
+    # S3 accepts every connection a client opens at once. With socketserver's
+    # backlog of 5, the listener's burst of new connections overflowed the
+    # accept queue: some requests went unanswered until the client's read
+    # timeout (60 s), and the throughput row measured that timeout.
+    request_queue_size = 1024
+    daemon_threads = True
+
+
 def main() -> None:
-    server = ThreadingHTTPServer(("127.0.0.1", 0), _Handler)
+    server = _Server(("127.0.0.1", 0), _Handler)
     print(server.server_address[1], flush=True)
     server.serve_forever()
 

@@ -116,9 +116,11 @@ def _make_proxy(upstream: tuple[str, int], delay: float, pages: _Pages) -> Threa
 
         do_GET = do_PUT = do_POST = do_DELETE = do_HEAD = _serve
 
-    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    server.daemon_threads = True
-    return server
+    class Server(ThreadingHTTPServer):
+        daemon_threads = True
+        request_queue_size = 1024  # as S3, every connection of a burst is accepted (socketserver's default: 5)
+
+    return Server(("127.0.0.1", 0), Handler)
 
 
 def _handle(command: dict[str, Any], pages: _Pages) -> dict[str, Any]:

@@ -89,11 +89,18 @@ class _Faulty:
     """Answers HEADs on a real socket, keeping connections alive; for each
     key, the first answers follow its script ("503", "500", "reset": close
     without answering, "hang": never answer, "close-after": answer then
-    close the connection while idle), then 200."""
+    close the connection while idle), then 200. With ``slow_over``, a
+    request that arrives while more than that many are being answered is
+    answered 503 SlowDown, as S3 answers a client that asks too fast."""
 
-    def __init__(self, scripts: dict[str, list[str]], *, delay: float = 0.0, tls: Any = None) -> None:
+    def __init__(self, scripts: dict[str, list[str]], *, delay: float = 0.0, tls: Any = None,
+                 slow_over: int | None = None) -> None:
         self.scripts = {key: list(steps) for key, steps in scripts.items()}
         self.delay = delay
+        self.slow_over = slow_over
+        self.active = 0  # requests being answered now
+        self.slowdowns = 0
+        self.peaks: list[int] = []  # self.active as each request arrived
         self.seen: Counter[str] = Counter()
         self.lock = threading.Lock()
         self.connections = 0
@@ -134,10 +141,16 @@ class _Faulty:
                 key = head.split(b" ")[1].decode().split("/", 2)[2]
                 with self.lock:
                     self.seen[key] += 1
+                    self.active += 1
+                    self.peaks.append(self.active)
                     script = self.scripts.get(key, [])
                     step = script.pop(0) if script else "200"
+                    if self.slow_over is not None and self.active > self.slow_over:
+                        step, self.slowdowns = "503", self.slowdowns + 1
                 if self.delay:
                     time.sleep(self.delay)
+                with self.lock:
+                    self.active -= 1
                 if step == "reset":
                     conn.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, b"\x01\x00\x00\x00\x00\x00\x00\x00")
                     return
@@ -189,6 +202,26 @@ def test_503_500_and_resets_are_retried_with_backoff(faulty: Any) -> None:
     # connection S3 closed: sent again once without counting a try.
     assert by_key["503:"] == 2 and by_key["500:"] == 1 and 1 <= by_key["connection"] <= 2
     assert all(0 <= e["delay_seconds"] <= 0.01 * 2 ** (e["tries"] - 1) for e in retries)
+
+
+def test_slow_down_halves_the_heads_in_flight_and_they_grow_back(faulty: Any) -> None:
+    """An endpoint that answers 503 SlowDown whenever more than 8 HEADs are in flight, asked for 400 keys
+    with 64 connections and 5 tries each (the default): the client halves what it keeps in flight on SlowDown (once per
+    round), so every key is answered, with few 503s; once S3 stops slowing it down, the number in flight
+    grows back towards s3.head_connections."""
+    server = faulty({}, delay=0.01, slow_over=8)
+    with capture_logs() as logs, _client(server, max_attempts=5, head_connections=64) as heads:
+        answers = list(heads.heads("trr-test", [f"b/{i}" for i in range(400)]))
+        assert len(answers) == 400 and all(answers)
+        # Without easing off, 64 in flight against 8 allowed gets 7 of 8 requests refused each round,
+        # and keys run out of tries: hundreds of 503s. Halving reaches 8 in three cuts.
+        assert server.slowdowns < 200
+        cuts = [e["in_flight_limit"] for e in logs if e["event"] == "s3_heads_slowed"]
+        assert cuts[:3] == [32, 16, 8] and min(cuts) >= 1
+        server.slow_over, server.peaks = None, []
+        answers = list(heads.heads("trr-test", [f"c/{i}" for i in range(3000)]))
+    assert len(answers) == 3000 and all(answers)
+    assert max(server.peaks[:100]) <= 16 and max(server.peaks[-100:]) > 32
 
 
 def test_a_bucket_in_another_region_is_asked_again_through_botocore(faulty: Any) -> None:

@@ -139,7 +139,7 @@ class S3Settings:
     # connections, one event loop, up to head_connections in flight per S3 host)
     # or "botocore" (head_concurrency threads, a request each, as before).
     head_client: str = _setting("native", _one_of("native", "botocore"))
-    head_connections: int = _setting(128, _between(1, 1024))
+    head_connections: int = _setting(192, _between(1, 1024))
 
 
 @dataclass(frozen=True, kw_only=True)

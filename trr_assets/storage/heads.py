@@ -16,7 +16,12 @@ Answers are shaped like botocore's ``head_object`` (the keys sync reads:
 ``StorageError`` ``storage.head_object`` raises for it. 500, 502, 503
 (SlowDown), 504 and broken connections are retried up to
 ``s3.max_attempts`` tries in all, after a full-jitter exponential backoff
-(as botocore's standard retry mode). A kept-alive connection that the server
+(as botocore's standard retry mode). A 503 (SlowDown: S3 asks the client to
+slow down) also halves the HEADs kept in flight to that endpoint, once per
+round of requests, and each answer after it adds back a little (additive
+increase, multiplicative decrease, as TCP does), so a bucket that cannot
+take ``s3.head_connections`` at once is eased off rather than hammered into
+giving up. A kept-alive connection that the server
 closed while idle is replaced without counting a try. An answer that says
 the bucket is in another region (301, 307 or 400 with
 ``x-amz-bucket-region``) is asked again through botocore, whose region
@@ -31,12 +36,9 @@ import ssl
 import threading
 import time
 import urllib.request
-from collections import deque
-from collections.abc import Callable, Iterator, Sequence
-from concurrent.futures import Future, InvalidStateError
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any
-from urllib.parse import urlsplit
 
 import structlog
 
@@ -44,7 +46,7 @@ from trr_assets import storage
 from trr_assets.config import S3Settings
 from trr_assets.errors import StorageError
 from trr_assets.sigv4 import HeaderSigner
-from trr_assets.storage import S3Client, http
+from trr_assets.storage import S3Client, http, inflight
 
 log = structlog.get_logger()
 
@@ -93,56 +95,14 @@ def for_client(client: S3Client, settings: S3Settings) -> Iterator[HeadClient | 
         yield heads
 
 
-class _Run:
-    """The answers to a run of keys, and the future that hands them over."""
-
-    __slots__ = ("results", "left", "future")
-
-    def __init__(self, size: int) -> None:
-        self.results: list[dict[str, Any] | None] = [None] * size
-        self.left = size
-        self.future: Future[list[dict[str, Any] | None]] = Future()
-
-    def done(self) -> bool:
-        return self.future.done()
-
-    def answer(self, index: int, answer: dict[str, Any] | None) -> None:
-        self.results[index] = answer
-        self.left -= 1
-        if self.left == 0:
-            self._settle(lambda: self.future.set_result(self.results))
-
-    def fail(self, exc: BaseException) -> None:
-        self._settle(lambda: self.future.set_exception(exc))
-
-    def _settle(self, settle: Callable[[], None]) -> None:
-        if not self.future.done():
-            try:
-                settle()
-            except InvalidStateError:  # cancelled by the caller meanwhile
-                pass
-
-
-class _Request:
-    __slots__ = ("bucket", "key", "run", "index", "tries", "resent", "started")
-
-    def __init__(self, bucket: str, key: str, run: _Run, index: int) -> None:
-        self.bucket = bucket
-        self.key = key
-        self.run = run
-        self.index = index
-        self.tries = 0  # tries that failed
-        self.resent = False  # sent again once, free, after a kept-alive connection turned out closed
-        self.started = time.monotonic()
-
-
 class _Connection(asyncio.Protocol):
     """One kept-alive connection: one request at a time, its answer's head read."""
 
-    def __init__(self, origin: _Origin) -> None:
+    def __init__(self, client: HeadClient, origin: _Origin) -> None:
+        self.client = client
         self.origin = origin
         self.transport: asyncio.Transport | None = None
-        self.request: _Request | None = None
+        self.request: inflight.Request | None = None
         self.buffer = b""
         self.used = False  # has answered: a close before any byte of the next answer is a stale keep-alive
         self.deadline = 0.0
@@ -162,38 +122,26 @@ class _Connection(asyncio.Protocol):
         head, rest = self.buffer[:end], self.buffer[end + 4:]
         self.buffer = b""
         request, self.request = self.request, None
+        if request is not None:
+            self.origin.in_flight -= 1
         if request is None or rest:  # an answer nobody asked for, or a body after a HEAD's answer
             self.close()
             if request is not None:
-                self.origin.client._retry(request, "an answer the client cannot read")
+                self.client._retry(request, "an answer the client cannot read")
             return
         self.used = True
-        self.origin.client._answered(self, request, head)
+        self.client._answered(self, request, head)
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.transport = None
-        self.origin.client._lost(self, exc)
+        self.client._lost(self, exc)
 
     def close(self) -> None:
         if self.transport is not None:
             self.transport.close()
 
 
-class _Origin:
-    """One scheme://host:port: its waiting requests and its connections."""
-
-    def __init__(self, client: HeadClient, origin: str, host_header: str) -> None:
-        parts = urlsplit(origin)
-        self.client = client
-        self.host_header = host_header  # the host the requests are signed for
-        self.secure = parts.scheme == "https"
-        self.host = parts.hostname or ""
-        self.port = parts.port or (443 if self.secure else 80)
-        self.netloc = parts.netloc
-        self.waiting: deque[_Request] = deque()
-        self.idle: list[_Connection] = []
-        self.connections: set[_Connection] = set()
-        self.opening = 0
+_Origin = inflight.Origin["_Connection"]
 
 
 class HeadClient:
@@ -219,7 +167,7 @@ class HeadClient:
         self._client = client
         self._signer = HeaderSigner(client)
         self._observe = storage.request_observer(client)  # metrics, when the client has them
-        self._concurrency = settings.head_connections
+        self.concurrency = settings.head_connections  # most requests in flight per endpoint
         self._attempts = settings.max_attempts
         self._connect_timeout = settings.connect_timeout_seconds
         self._read_timeout = settings.read_timeout_seconds
@@ -246,7 +194,8 @@ class HeadClient:
         """
         if self._closed:
             raise StorageError("s3: head object: the HEAD client is closed")
-        runs = [(_Run(len(keys[start:start + RUN])), keys[start:start + RUN]) for start in range(0, len(keys), RUN)]
+        chunks = [keys[start:start + RUN] for start in range(0, len(keys), RUN)]
+        runs = [(inflight.Run(len(chunk)), chunk) for chunk in chunks]
         self._loop.call_soon_threadsafe(self._submit, bucket, runs)
         try:
             for run, _ in runs:
@@ -284,7 +233,7 @@ class HeadClient:
             origin.waiting.clear()
         self._loop.call_soon(self._loop.stop)  # after the closes' callbacks
 
-    def _submit(self, bucket: str, runs: list[tuple[_Run, Sequence[str]]]) -> None:
+    def _submit(self, bucket: str, runs: list[tuple[inflight.Run, Sequence[str]]]) -> None:
         try:
             origin = self._origin(bucket)
         except StorageError as exc:
@@ -292,7 +241,7 @@ class HeadClient:
                 run.fail(exc)
             return
         for run, keys in runs:
-            origin.waiting.extend(_Request(bucket, key, run, index) for index, key in enumerate(keys))
+            origin.waiting.extend(inflight.Request(bucket, key, run, index) for index, key in enumerate(keys))
         self._pump(origin)
 
     def _origin(self, bucket: str) -> _Origin:
@@ -301,18 +250,21 @@ class HeadClient:
             endpoint = self._signer.endpoint(bucket)
             scheme, _, netloc, _ = endpoint.base.split("/", 3)
             name = f"{scheme}//{netloc}"
-            origin = self._origins.get(name) or self._origins.setdefault(name, _Origin(self, name, endpoint.host))
+            origin = self._origins.get(name)
+            if origin is None:
+                origin = self._origins[name] = inflight.Origin(name, endpoint.host, most_in_flight=self.concurrency)
             self._origin_of_bucket[bucket] = origin
         return origin
 
     def _pump(self, origin: _Origin) -> None:
         """Send waiting requests on idle connections; open more while allowed."""
         waiting, idle = origin.waiting, origin.idle
-        while waiting and idle:
+        limit = int(origin.limit)
+        while waiting and idle and origin.in_flight < limit:
             request = waiting.popleft()
             if not request.run.done():
                 self._send(idle.pop(), request)
-        room = self._concurrency - len(origin.connections) - origin.opening
+        room = min(limit - origin.in_flight, self.concurrency - len(origin.connections)) - origin.opening
         for _ in range(min(room, len(waiting) - origin.opening)):
             origin.opening += 1
             self._loop.create_task(self._open(origin))
@@ -322,7 +274,7 @@ class HeadClient:
             self._ssl = http.ssl_context(self._client)
         try:
             _, conn = await asyncio.wait_for(
-                self._loop.create_connection(lambda: _Connection(origin), origin.host, origin.port,
+                self._loop.create_connection(lambda: _Connection(self, origin), origin.host, origin.port,
                                              ssl=self._ssl if origin.secure else None,
                                              server_hostname=origin.host if origin.secure else None),
                 self._connect_timeout,
@@ -342,12 +294,15 @@ class HeadClient:
         origin.idle.append(conn)
         self._pump(origin)
 
-    def _send(self, conn: _Connection, request: _Request) -> None:
+    def _send(self, conn: _Connection, request: inflight.Request) -> None:
         signed = self._signer.sign("HEAD", request.bucket, request.key, signed_at=int(time.time()))
         path = signed.url.split("/", 3)[3]
         lines = [f"HEAD /{path} HTTP/1.1", f"Host: {conn.origin.host_header}", f"User-Agent: {_USER_AGENT}"]
         lines += [f"{name}: {value}" for name, value in signed.headers.items()]
         conn.request = request
+        conn.origin.in_flight += 1
+        conn.origin.sent += 1
+        request.sent_as = conn.origin.sent
         conn.deadline = time.monotonic() + self._read_timeout
         assert conn.transport is not None
         conn.transport.write(("\r\n".join(lines) + "\r\n\r\n").encode("utf-8"))
@@ -369,7 +324,7 @@ class HeadClient:
         if busy:
             self._loop.call_later(min(1.0, self._read_timeout / 4), self._sweep)
 
-    def _answered(self, conn: _Connection, request: _Request, head: bytes) -> None:
+    def _answered(self, conn: _Connection, request: inflight.Request, head: bytes) -> None:
         origin = conn.origin
         try:
             status, headers = http.parse_head(head)
@@ -381,6 +336,12 @@ class HeadClient:
             conn.close()
         else:
             origin.idle.append(conn)
+        if status == 503:
+            limit = origin.slowed(request)
+            if limit is not None:
+                log.info("s3_heads_slowed", bucket=request.bucket, in_flight_limit=int(limit))
+        else:
+            origin.answered()
         if self._observe is not None and status not in RETRY_STATUSES:
             self._observe("HeadObject", storage.request_outcome(status), time.monotonic() - request.started)
         if status == 200:
@@ -403,6 +364,7 @@ class HeadClient:
             origin.idle.remove(conn)
         request, conn.request = conn.request, None
         if request is not None:
+            origin.in_flight -= 1
             if conn.timed_out:
                 self._retry(request, f"no answer within {self._read_timeout:g} s")
             elif conn.used and not conn.buffer and not request.resent:
@@ -415,7 +377,7 @@ class HeadClient:
                 self._retry(request, f"connection lost ({reason})")
         self._pump(origin)
 
-    def _by_botocore(self, request: _Request) -> None:
+    def _by_botocore(self, request: inflight.Request) -> None:
         """HEAD one object through botocore (in the loop's default thread pool):
         for a bucket in another region than the client's, which botocore's
         region redirection follows."""
@@ -430,7 +392,7 @@ class HeadClient:
 
         asked.add_done_callback(settle)
 
-    def _retry(self, request: _Request, reason: str) -> None:
+    def _retry(self, request: inflight.Request, reason: str) -> None:
         if request.run.done():  # failed or given up by the caller: nobody waits for it
             return
         request.tries += 1
