@@ -16,7 +16,8 @@ the rest of S3 access:
 - ``listing``: ``list_objects`` and ``ListingSplits`` (re-exported here);
 - ``listing_parser``: listing pages parsed fast (installed by ``make_client``);
 - ``versions``: object versions, delete markers and multipart uploads;
-- ``heads`` and ``http``: the native HEAD client and its HTTP/1.1 pieces;
+- ``heads``, ``inflight`` and ``http``: the native HEAD client, its bookkeeping
+  of requests in flight and its HTTP/1.1 pieces;
 - ``regions``: each bucket's region, and a client per region.
 """
 

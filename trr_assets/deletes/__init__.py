@@ -28,17 +28,20 @@ presigned upload flow hands out the URL only after the row exists), which
 survives. A new row that commits before the drain takes the entry has
 already deleted the entry: nothing is deleted. No lock on a
 ``core.show_assets`` row is ever held during an S3 call.
+
+The drain (claiming a batch, recording S3's answer, rescheduling what S3
+refused, the reports) is here; the S3 side of a batch (its objects, or
+every version of them, deleted and their erasure intents settled) is in
+``deletes.objects``.
 """
 
 from __future__ import annotations
 
 import contextlib
-import re
 import time
 import uuid
-from collections.abc import Callable, Iterator, Sequence
-from concurrent.futures import ThreadPoolExecutor
-from dataclasses import asdict, dataclass, field
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass
 from typing import Any
 
 import psycopg
@@ -46,25 +49,14 @@ import structlog
 
 from trr_assets import db, erasures, storage
 from trr_assets.config import DeletesSettings, Settings
-from trr_assets.errors import StorageError
-from trr_assets.storage import versions as storage_versions
+from trr_assets.deletes.objects import MAX_KEYS_PER_REQUEST as MAX_KEYS_PER_REQUEST
+from trr_assets.deletes.objects import Entry, Outcome, Side, delete_entries
+from trr_assets.storage import S3Client
 
 log = structlog.get_logger()
 
 # application_name of the drain's connection (visible in pg_stat_activity).
 DRAIN_APPLICATION_NAME = "trr-assets deletes"
-# DeleteObjects takes at most this many keys per request.
-MAX_KEYS_PER_REQUEST = 1000
-# all_versions: ListObjectVersions calls in flight at once.
-_VERSION_LISTING_THREADS = 8
-# Per-key error codes that mean the object (or version) is already gone.
-_GONE_CODES = frozenset({"NoSuchKey", "NoSuchVersion"})
-# Characters XML 1.0 cannot carry: a key holding one cannot travel in a
-# DeleteObjects body (S3 would refuse the whole request as MalformedXML,
-# failing the other 999 keys with it), so it goes alone through DeleteObject.
-# A carriage return too: the answer echoes the key in XML, whose parser reads
-# it back as a newline, so the key would never be seen confirmed.
-_XML_UNSAFE = re.compile("[\x00-\x08\x0b-\x1f\ud800-\udfff\ufffe\uffff]")
 
 
 @dataclass(frozen=True)
@@ -135,39 +127,6 @@ class DeleteReport:
         }
 
 
-@dataclass(frozen=True, slots=True)
-class _Entry:
-    id: int
-    bucket: str
-    key: str
-    attempts: int
-
-
-@dataclass
-class _Outcome:
-    """S3's answer for a set of entries: confirmed ids, refused ids with why."""
-
-    confirmed: set[int] = field(default_factory=set)
-    refused: dict[int, str] = field(default_factory=dict)
-    in_failed_call: set[int] = field(default_factory=set)  # refused because a whole request failed
-    requests: int = 0
-    erased: list[tuple[int, str | None]] = field(default_factory=list)  # (intent, delete marker placed)
-    not_erased: list[int] = field(default_factory=list)  # intents S3 did not confirm
-    checks: list[tuple[str, str, int]] = field(default_factory=list)  # all_versions: versions left per key
-
-    @property
-    def call_failed(self) -> bool:
-        """Whether a whole request failed (network, 5xx, missing bucket)."""
-        return bool(self.in_failed_call)
-
-    def refuse(self, entries: Sequence[_Entry], error: str, *, whole_call: bool = False) -> None:
-        for entry in entries:
-            self.confirmed.discard(entry.id)
-            self.refused.setdefault(entry.id, error)
-            if whole_call:
-                self.in_failed_call.add(entry.id)
-
-
 @dataclass
 class _Tally:
     taken: int = 0
@@ -192,7 +151,7 @@ class _Scope:
 def drain(
     settings: Settings,
     *,
-    client: Any = None,
+    client: S3Client | None = None,
     keys: Sequence[tuple[str, str]] | None = None,
     limit: int | None = None,
     should_stop: Callable[[], bool] | None = None,
@@ -217,7 +176,7 @@ def drain(
     if client is None:
         client = storage.make_client(settings.s3)
     seen: list[int] = []  # ids refused in this run
-    side = _Side(settings)
+    side = Side(settings, application_name=DRAIN_APPLICATION_NAME)
     with (
         contextlib.closing(side),
         db.connect(settings.database, autocommit=True, application_name=DRAIN_APPLICATION_NAME) as conn,
@@ -250,7 +209,9 @@ def drain(
     return report
 
 
-def delete_assets(settings: Settings, asset_ids: Sequence[str], *, client: Any = None) -> DeleteReport:
+def delete_assets(
+    settings: Settings, asset_ids: Sequence[str], *, client: S3Client | None = None
+) -> DeleteReport:
     """Delete these asset rows, then drain their queued objects at once.
 
     The rows go in one transaction (the trigger enqueues their objects in
@@ -302,8 +263,8 @@ def requeue_failed(settings: Settings, *, bucket: str | None = None) -> int:
 
 def _drain_batch(
     conn: psycopg.Connection[Any],
-    side: _Side,
-    client: Any,
+    side: Side,
+    client: S3Client,
     config: DeletesSettings,
     scope: _Scope | None,
     seen: list[int],
@@ -321,8 +282,8 @@ def _drain_batch(
         for entry in entries:
             if entry.id in live:
                 log.warning("delete_skipped_live_row", bucket=entry.bucket, key=entry.key)
-        outcome = _delete_objects(client, [e for e in entries if e.id not in live],
-                                  all_versions=config.all_versions, side=side)
+        outcome = delete_entries(client, [e for e in entries if e.id not in live],
+                                 all_versions=config.all_versions, side=side)
         # Only now, with S3's answer in hand, do entries leave the queue and
         # the deletions become erasures; if this transaction never commits,
         # the entries are all still there and the intents still open.
@@ -344,7 +305,7 @@ def _drain_batch(
     return len(entries), outcome.call_failed
 
 
-def _take(conn: psycopg.Connection[Any], scope: _Scope | None, seen: list[int], room: int) -> list[_Entry]:
+def _take(conn: psycopg.Connection[Any], scope: _Scope | None, seen: list[int], room: int) -> list[Entry]:
     """Lock the next entries (due ones, or those of ``scope``)."""
     if scope is None:
         params: dict[str, Any] = {"seen": seen, "limit": room}
@@ -352,7 +313,7 @@ def _take(conn: psycopg.Connection[Any], scope: _Scope | None, seen: list[int], 
     else:
         params = {"buckets": scope.buckets, "keys": scope.keys, "seen": seen, "limit": room}
         rows = conn.execute(db.query("take_key_deletes"), params).fetchall()
-    return [_Entry(*row) for row in rows]
+    return [Entry(*row) for row in rows]
 
 
 def _reschedule(
@@ -372,7 +333,7 @@ def _reschedule(
     return conn.execute(db.query("reschedule_deletes"), params).fetchall()
 
 
-def _report_refused(rescheduled: Sequence[tuple[Any, ...]], outcome: _Outcome, tally: _Tally) -> None:
+def _report_refused(rescheduled: Sequence[tuple[Any, ...]], outcome: Outcome, tally: _Tally) -> None:
     for entry_id, bucket, key, attempts, state, next_attempt_at in rescheduled:
         error = outcome.refused[entry_id]
         if state == "failed":
@@ -384,186 +345,6 @@ def _report_refused(rescheduled: Sequence[tuple[Any, ...]], outcome: _Outcome, t
             emit = log.debug if entry_id in outcome.in_failed_call else log.warning
             emit("delete_retry_scheduled", bucket=bucket, key=key, attempts=attempts,
                  next_attempt_at=next_attempt_at.isoformat(), error=error)
-
-
-# --- S3 --------------------------------------------------------------------------
-
-
-@dataclass(frozen=True, slots=True)
-class _Target:
-    """One object (or, with ``all_versions``, one version) to delete, and its intent in the erasure record."""
-
-    entry: _Entry
-    obj: dict[str, str]  # {"Key": ...} or {"Key": ..., "VersionId": ...}
-    intent: int = 0
-
-
-def _delete_objects(client: Any, entries: Sequence[_Entry], *, all_versions: bool, side: _Side) -> _Outcome:
-    """Delete the entries' objects, per bucket, and say which S3 confirmed.
-
-    What is about to be deleted is first recorded as intended (on ``side``,
-    committed); what S3 confirms is then in ``outcome.erased`` for the
-    batch's transaction to confirm (see ``erasures``).
-    """
-    outcome = _Outcome()
-    by_bucket: dict[str, list[_Entry]] = {}
-    for entry in entries:
-        by_bucket.setdefault(entry.bucket, []).append(entry)
-    for bucket, group in by_bucket.items():
-        if all_versions:
-            listed = _targets(client, bucket, group, outcome)
-        else:
-            listed = [(e, {"Key": e.key}, None) for e in group]
-        pending = {e.id for e, _, _ in listed}
-        # Entries with nothing to delete (no version left) are done already.
-        outcome.confirmed.update(e.id for e in group if e.id not in pending and e.id not in outcome.refused)
-        items = [
-            erasures.Item(bucket, obj["Key"], _kind(obj, size), obj.get("VersionId"), size_bytes=size)
-            for _, obj, size in listed
-        ]
-        intents = erasures.intend(side.conn(), items, deleted_by=erasures.BY_DRAIN)
-        targets = [_Target(e, obj, intent) for (e, obj, _), intent in zip(listed, intents, strict=True)]
-        safe = [t for t in targets if not _XML_UNSAFE.search(t.obj["Key"])]
-        unsafe = [t for t in targets if _XML_UNSAFE.search(t.obj["Key"])]
-        for start in range(0, len(safe), MAX_KEYS_PER_REQUEST):
-            _delete_chunk(client, bucket, safe[start : start + MAX_KEYS_PER_REQUEST], outcome)
-        for target in unsafe:
-            _delete_one(client, bucket, target, outcome)
-        if all_versions:
-            _check_none_remain(client, bucket, group, outcome)
-    return outcome
-
-
-def _kind(obj: dict[str, str], size: int | None) -> str:
-    if "VersionId" not in obj:
-        return "object"
-    return "delete_marker" if size is None else "version"
-
-
-def _targets(
-    client: Any, bucket: str, group: Sequence[_Entry], outcome: _Outcome
-) -> list[tuple[_Entry, dict[str, str], int | None]]:
-    """Every version and delete marker of each entry's key (``all_versions``),
-    with the version's size (None for a delete marker).
-
-    One listing per key, a few at a time: the batch's locks are held
-    meanwhile, so the listings should not take longer than they must.
-    """
-    targets: list[tuple[_Entry, dict[str, str], int | None]] = []
-    for entry, versions in _listed_versions(client, bucket, group):
-        if isinstance(versions, StorageError):
-            log.warning("list_object_versions_failed", bucket=bucket, key=entry.key, error=str(versions))
-            outcome.refuse([entry], str(versions), whole_call=True)
-            continue
-        targets.extend(
-            (entry, {"Key": entry.key, "VersionId": v.version_id}, None if v.is_delete_marker else v.size)
-            for v in versions
-        )
-    return targets
-
-
-def _listed_versions(
-    client: Any, bucket: str, group: Sequence[_Entry]
-) -> Iterator[tuple[_Entry, list[storage_versions.VersionInfo] | StorageError]]:
-    """Each entry's versions (or why they could not be listed), a few listings at a time."""
-
-    def listed(entry: _Entry) -> list[storage_versions.VersionInfo] | StorageError:
-        try:
-            return storage_versions.versions_of(client, bucket, entry.key)
-        except StorageError as exc:
-            return exc
-
-    with ThreadPoolExecutor(max_workers=_VERSION_LISTING_THREADS, thread_name_prefix="trr-versions") as pool:
-        yield from zip(group, pool.map(listed, group), strict=True)
-
-
-def _check_none_remain(client: Any, bucket: str, group: Sequence[_Entry], outcome: _Outcome) -> None:
-    """The follow-up check of an all_versions delete: list each confirmed key
-    again and note how many versions are left (0 is the proof)."""
-    done = [e for e in group if e.id in outcome.confirmed]
-    for entry, versions in _listed_versions(client, bucket, done):
-        if isinstance(versions, StorageError):
-            log.warning("erasure_check_failed", bucket=bucket, key=entry.key, error=str(versions))
-            continue
-        if versions:
-            log.warning("versions_remain_after_delete", bucket=bucket, key=entry.key, versions=len(versions))
-        outcome.checks.append((bucket, entry.key, len(versions)))
-
-
-def _delete_chunk(client: Any, bucket: str, chunk: Sequence[_Target], outcome: _Outcome) -> None:
-    """One DeleteObjects request; an entry is confirmed when every object of
-    it in the request is reported deleted (or already gone)."""
-    by_key = {target.obj["Key"]: target.entry for target in chunk}
-    outcome.requests += 1
-    try:
-        answer = storage.delete_objects(client, bucket, [t.obj for t in chunk])  # type: ignore[misc]
-    except StorageError as exc:
-        log.warning("delete_objects_failed", bucket=bucket, keys=len(chunk), error=str(exc))
-        outcome.refuse([t.entry for t in chunk], str(exc), whole_call=True)
-        outcome.not_erased.extend(t.intent for t in chunk)
-        return
-    confirmed: dict[tuple[str, str | None], str | None] = {}  # -> the delete marker placed, if any
-    for item in answer.get("Deleted", ()):
-        marker = item.get("DeleteMarkerVersionId") if item.get("DeleteMarker") and "VersionId" not in item else None
-        confirmed[(item.get("Key", ""), item.get("VersionId"))] = marker
-    for error in answer.get("Errors", ()):
-        key, code = error.get("Key", ""), error.get("Code", "")
-        if code in _GONE_CODES:
-            confirmed[(key, error.get("VersionId"))] = None
-        elif key in by_key:
-            outcome.refuse([by_key[key]], f"{code}: {error.get('Message') or code}")
-    for target in chunk:
-        pair = (target.obj["Key"], target.obj.get("VersionId"))
-        if pair in confirmed:
-            outcome.erased.append((target.intent, confirmed[pair]))
-        else:
-            outcome.not_erased.append(target.intent)
-    for target in chunk:
-        entry, obj = target.entry, target.obj
-        if entry.id in outcome.refused:
-            continue
-        if (obj["Key"], obj.get("VersionId")) in confirmed or (obj["Key"], None) in confirmed:
-            outcome.confirmed.add(entry.id)
-        else:
-            outcome.refuse([entry], "s3: delete objects: the response did not confirm this key")
-
-
-def _delete_one(client: Any, bucket: str, target: _Target, outcome: _Outcome) -> None:
-    """DeleteObject for a key that cannot travel in a DeleteObjects body."""
-    entry, obj = target.entry, target.obj
-    try:
-        answer = storage.delete_object(client, bucket, obj["Key"], version_id=obj.get("VersionId"))
-    except StorageError as exc:
-        if storage.error_code(exc.__cause__ or exc) in _GONE_CODES:
-            outcome.confirmed.add(entry.id)
-            outcome.erased.append((target.intent, None))
-            return
-        outcome.refuse([entry], str(exc))
-        outcome.not_erased.append(target.intent)
-        return
-    marker = answer.get("VersionId") if answer.get("DeleteMarker") and "VersionId" not in obj else None
-    outcome.erased.append((target.intent, marker))
-    if entry.id not in outcome.refused:
-        outcome.confirmed.add(entry.id)
-
-
-class _Side:
-    """The drain's second connection, opened on first use: intents are
-    committed on it while the batch's transaction holds the queue's locks."""
-
-    def __init__(self, settings: Settings) -> None:
-        self._settings = settings
-        self._conn: psycopg.Connection[Any] | None = None
-
-    def conn(self) -> psycopg.Connection[Any]:
-        if self._conn is None:
-            self._conn = db.connect(self._settings.database, autocommit=True,
-                                    application_name=DRAIN_APPLICATION_NAME)
-        return self._conn
-
-    def close(self) -> None:
-        if self._conn is not None:
-            self._conn.close()
 
 
 # --- helpers ---------------------------------------------------------------------
