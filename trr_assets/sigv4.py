@@ -214,14 +214,14 @@ class _Signer(abc.ABC):
         now = time.monotonic()
         if now - fetched_at < self._credentials_ttl:
             return frozen
-        from trr_assets import storage
+        from trr_assets.storage.wrapping import wrap_errors  # botocore, loaded only when signing starts
 
         # The object the client itself signs with: static, or refreshing
         # (assumed roles, instance profiles, SSO), refreshed by botocore here.
         credentials = cast("_SigningClient", self._client)._request_signer._credentials
         if credentials is None:
             raise StorageError("s3: cannot sign: no AWS credentials found")
-        with storage.wrap_errors("read AWS credentials"):
+        with wrap_errors("read AWS credentials"):
             current = credentials.get_frozen_credentials()
         frozen = (current.access_key, current.secret_key, current.token)
         self._credentials_cache = (now, frozen)
@@ -229,14 +229,14 @@ class _Signer(abc.ABC):
 
     def _resolve(self, bucket: str) -> Endpoint:
         """Ask botocore once where ``bucket`` lives: URL prefix, host, region."""
-        from trr_assets import storage
+        from trr_assets.storage.wrapping import wrap_errors
 
         client = self._client if self._client_for_bucket is None else self._client_for_bucket(bucket)
         with self._lock:
             endpoint = self._endpoints.get(bucket)
             if endpoint is not None:
                 return endpoint
-            with storage.wrap_errors("sign", bucket):
+            with wrap_errors("sign", bucket):
                 url, region = self._locate(client, bucket)
             parts = urlsplit(url)
             if region is None or not parts.path.endswith("/" + _SENTINEL_KEY):

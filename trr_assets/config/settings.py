@@ -135,7 +135,7 @@ class S3Settings:
     list_shards: int = _setting(16, _between(1, 256))
     list_concurrency: int = _setting(8, _between(1, 64))
     head_concurrency: int = _setting(16, _between(1, 128))  # botocore's HEADs: threads, one request each
-    # How HEAD requests are sent: "native" (storage_heads: own signing, kept-alive
+    # How HEAD requests are sent: "native" (storage.heads: own signing, kept-alive
     # connections, one event loop, up to head_connections in flight per S3 host)
     # or "botocore" (head_concurrency threads, a request each, as before).
     head_client: str = _setting("native", _one_of("native", "botocore"))
