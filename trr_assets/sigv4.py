@@ -1,11 +1,9 @@
 """SigV4 for S3, byte for byte what botocore makes, much faster.
 
 Two ways to sign one request, sharing everything but the last step:
-
-- ``QuerySigner.sign``: a presigned URL (query-string signing), as
-  botocore's ``generate_presigned_url`` makes it.
-- ``HeaderSigner.sign``: the headers of a request with no body (a HEAD or a
-  GET), ``Authorization`` included, as botocore's client sends them.
+``QuerySigner.sign``, a presigned URL (botocore's ``generate_presigned_url``),
+and ``HeaderSigner.sign``, the headers of a request with no body (a HEAD or
+a GET), ``Authorization`` included, as botocore's client sends them.
 
 botocore spends most of a signature resolving the endpoint (~0.4 ms per
 presigned URL). A signer asks a botocore client once per bucket where the
@@ -16,7 +14,7 @@ credentials keep working. tests/presign/test_presign_sigv4.py (URLs) and
 tests/presign/test_sigv4.py (headers) hold the signers to botocore's bytes.
 
 Importing this module is cheap: it imports no botocore (the client passed in
-is botocore's).
+is botocore's; error wording, ``storage.wrapping``, is loaded on first use).
 """
 
 from __future__ import annotations
@@ -184,6 +182,11 @@ class _Signer(abc.ABC):
     def endpoint(self, bucket: str) -> Endpoint:
         """Where ``bucket``'s objects live (resolved once, then cached)."""
         return self._endpoints.get(bucket) or self._resolve(bucket)
+
+    def forget(self, bucket: str) -> None:
+        """Resolve ``bucket`` again on its next request (it moved region)."""
+        with self._lock:
+            self._endpoints.pop(bucket, None)
 
     def _prepare(self, bucket: str, signed_at: int) -> tuple[Endpoint, str, SigningKey]:
         """(endpoint, X-Amz-Date, signing key) for a request to ``bucket`` at ``signed_at``."""

@@ -10,6 +10,7 @@ tokens).
 
 from __future__ import annotations
 
+import re
 import socket
 import threading
 import time
@@ -94,10 +95,13 @@ class _Faulty:
     answered 503 SlowDown, as S3 answers a client that asks too fast."""
 
     def __init__(self, scripts: dict[str, list[str]], *, delay: float = 0.0, tls: Any = None,
-                 slow_over: int | None = None) -> None:
+                 slow_over: int | None = None, region: str | None = None) -> None:
         self.scripts = {key: list(steps) for key, steps in scripts.items()}
         self.delay = delay
         self.slow_over = slow_over
+        # With a region: a request signed for another answers 301 naming it, as S3 does.
+        self.region = region
+        self.signed_for: Counter[str] = Counter()
         self.active = 0  # requests being answered now
         self.slowdowns = 0
         self.peaks: list[int] = []  # self.active as each request arrived
@@ -147,6 +151,11 @@ class _Faulty:
                     step = script.pop(0) if script else "200"
                     if self.slow_over is not None and self.active > self.slow_over:
                         step, self.slowdowns = "503", self.slowdowns + 1
+                    scope = re.search(rb"Credential=[^/]+/[0-9]{8}/([^/]+)/", head)
+                    signed_for = scope.group(1).decode() if scope else ""
+                    self.signed_for[signed_for] += 1
+                    if self.region is not None and signed_for != self.region:
+                        step = "301"
                 if self.delay:
                     time.sleep(self.delay)
                 with self.lock:
@@ -159,7 +168,7 @@ class _Faulty:
                     return
                 status = {"200": "200 OK", "close-after": "200 OK", "503": "503 Slow Down",
                           "500": "500 Internal Server Error", "301": "301 Moved Permanently"}[step]
-                region = "x-amz-bucket-region: eu-west-1\r\n" if step == "301" else ""
+                region = f"x-amz-bucket-region: {self.region or 'eu-west-1'}\r\n" if step == "301" else ""
                 conn.sendall(f"HTTP/1.1 {status}\r\nContent-Length: 5\r\nETag: \"e\"\r\n{region}"
                              f"Content-Type: image/png\r\n\r\n".encode())
                 if step == "close-after":
@@ -224,14 +233,47 @@ def test_slow_down_halves_the_heads_in_flight_and_they_grow_back(faulty: Any) ->
     assert max(server.peaks[:100]) <= 16 and max(server.peaks[-100:]) > 32
 
 
-def test_a_bucket_in_another_region_is_asked_again_through_botocore(faulty: Any) -> None:
-    """A 301 that names the bucket's region goes to botocore (whose region redirection follows it): the
-    second request, botocore's, gets the answer."""
-    server = faulty({"b/moved": ["301"]})
-    with _client(server, max_attempts=1) as heads:
+def _counting(server: _Faulty, **values: Any) -> tuple[HeadClient, list[str]]:
+    """A HeadClient, and the HEADs its botocore client sends."""
+    settings = _settings(server.endpoint, **values)
+    client, sent = storage.make_client(settings), []
+    client.meta.events.register("after-call.s3.HeadObject", lambda **kw: sent.append("x"))
+    return HeadClient(client, settings, backoff_base_seconds=0.01), sent
+
+
+def test_a_bucket_in_another_region_is_learnt_and_signed_for_natively(faulty: Any) -> None:
+    """A bucket in eu-west-1 asked with a us-east-1 client: the first answers are 301s naming the region;
+    the client learns it, signs for it from then on, and every key is answered without botocore, with at
+    most one redirect per connection in flight when it learnt."""
+    server = faulty({}, region="eu-west-1")
+    heads, botocore_heads = _counting(server, max_attempts=1, head_connections=4)
+    with capture_logs() as logs, heads:
+        answers = list(heads.heads("trr-test", [f"b/{i}" for i in range(200)]))
+    assert len(answers) == 200 and all(a and a["ETag"] == '"e"' for a in answers)
+    assert botocore_heads == []
+    assert server.signed_for["eu-west-1"] == 200 and 1 <= server.signed_for["us-east-1"] <= 4
+    assert [(e["bucket"], e["region"]) for e in logs if e["event"] == "s3_bucket_region_learnt"] == [
+        ("trr-test", "eu-west-1")]
+
+
+def test_a_configured_bucket_region_is_signed_for_from_the_start(faulty: Any) -> None:
+    """s3.bucket_regions names the bucket's region: not one request is redirected."""
+    server = faulty({}, region="eu-west-1")
+    with _client(server, max_attempts=1, bucket_regions={"trr-test": "eu-west-1"}) as heads:
+        answers = list(heads.heads("trr-test", [f"b/{i}" for i in range(20)]))
+    assert all(answers) and server.signed_for == {"eu-west-1": 20}
+
+
+def test_a_bucket_redirected_again_once_signed_for_its_region_goes_to_botocore(faulty: Any) -> None:
+    """A 301 for a request already signed for the region it names: botocore's region redirection takes
+    that key (its request, the third, gets the answer)."""
+    server = faulty({"b/moved": ["301", "301"]})
+    heads, botocore_heads = _counting(server, max_attempts=1)
+    with heads:
         answer = heads.head("trr-test", "b/moved")
     assert answer is not None and answer["ETag"] == '"e"' and answer["ContentType"] == "image/png"
-    assert server.seen["b/moved"] == 2
+    assert server.seen["b/moved"] == 3 and len(botocore_heads) == 1
+    assert server.signed_for["eu-west-1"] >= 1
 
 
 def test_gives_up_after_max_attempts_with_one_line(faulty: Any) -> None:

@@ -24,8 +24,11 @@ take ``s3.head_connections`` at once is eased off rather than hammered into
 giving up. A kept-alive connection that the server
 closed while idle is replaced without counting a try. An answer that says
 the bucket is in another region (301, 307 or 400 with
-``x-amz-bucket-region``) is asked again through botocore, whose region
-redirection follows it.
+``x-amz-bucket-region``) teaches the client that bucket's region: it is
+asked again, natively, signed for that region with a client made for it (as
+``storage.regions`` makes one; ``s3.bucket_regions`` is known from the
+start). Only a bucket redirected again once signed for the region named is
+left to botocore, whose region redirection follows it.
 """
 
 from __future__ import annotations
@@ -46,7 +49,7 @@ from trr_assets import storage
 from trr_assets.config import S3Settings
 from trr_assets.errors import StorageError
 from trr_assets.sigv4 import HeaderSigner
-from trr_assets.storage import S3Client, http, inflight
+from trr_assets.storage import S3Client, http, inflight, regions
 
 log = structlog.get_logger()
 
@@ -165,7 +168,8 @@ class HeadClient:
         backoff_max_seconds: float = 20.0,
     ) -> None:
         self._client = client
-        self._signer = HeaderSigner(client)
+        self._regions = regions.BucketClients(settings, client)
+        self._signer = HeaderSigner(client, client_for_bucket=self._regions.client_if_known)
         self._observe = storage.request_observer(client)  # metrics, when the client has them
         self.concurrency = settings.head_connections  # most requests in flight per endpoint
         self._attempts = settings.max_attempts
@@ -215,6 +219,7 @@ class HeadClient:
         self._loop.call_soon_threadsafe(self._close_all)
         self._thread.join(timeout=10)
         self._loop.close()
+        self._regions.close()
 
     def __enter__(self) -> HeadClient:
         return self
@@ -296,6 +301,7 @@ class HeadClient:
 
     def _send(self, conn: _Connection, request: inflight.Request) -> None:
         signed = self._signer.sign("HEAD", request.bucket, request.key, signed_at=int(time.time()))
+        request.signed_for = self._signer.endpoint(request.bucket).region
         path = signed.url.split("/", 3)[3]
         lines = [f"HEAD /{path} HTTP/1.1", f"Host: {conn.origin.host_header}", f"User-Agent: {_USER_AGENT}"]
         lines += [f"{name}: {value}" for name, value in signed.headers.items()]
@@ -351,7 +357,7 @@ class HeadClient:
         elif status in RETRY_STATUSES:
             self._retry(request, f"{status}: {http.phrase(status)}")
         elif status in (301, 307, 400) and "x-amz-bucket-region" in headers:
-            self._by_botocore(request)
+            self._moved(request, headers["x-amz-bucket-region"])
         else:
             reason = f"{status}: {http.phrase(status)}"
             request.run.fail(StorageError(f"s3: head object (bucket {request.bucket}): {reason}"))
@@ -377,10 +383,31 @@ class HeadClient:
                 self._retry(request, f"connection lost ({reason})")
         self._pump(origin)
 
+    def _moved(self, request: inflight.Request, region: str) -> None:
+        """S3 says ``request``'s bucket is in ``region``: sign for it from now on
+        (the requests signed for the old one come back here too, and go
+        again as they are), or, if this one was signed for it already, let
+        botocore's region redirection find the way."""
+        bucket = request.bucket
+        if request.signed_for == region:
+            self._by_botocore(request)
+            return
+        if self._signer.endpoint(bucket).region != region:
+            log.info("s3_bucket_region_learnt", bucket=bucket, region=region)
+            self._regions.learn(bucket, region)
+            self._signer.forget(bucket)
+            self._origin_of_bucket.pop(bucket, None)
+        try:
+            origin = self._origin(bucket)  # a client for the region, made once, on this thread
+        except StorageError as exc:
+            request.run.fail(exc)
+            return
+        origin.waiting.appendleft(request)
+        self._pump(origin)
+
     def _by_botocore(self, request: inflight.Request) -> None:
-        """HEAD one object through botocore (in the loop's default thread pool):
-        for a bucket in another region than the client's, which botocore's
-        region redirection follows."""
+        """HEAD one object through botocore (in the loop's default thread pool),
+        whose region redirection follows a bucket that moved again."""
         asked = self._loop.run_in_executor(None, storage.head_object, self._client, request.bucket, request.key)
 
         def settle(done: asyncio.Future[Any]) -> None:

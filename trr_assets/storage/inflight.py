@@ -51,7 +51,7 @@ class Run:
 class Request:
     """One key to HEAD, and what became of its tries."""
 
-    __slots__ = ("bucket", "key", "run", "index", "tries", "resent", "started", "sent_as")
+    __slots__ = ("bucket", "key", "run", "index", "tries", "resent", "started", "sent_as", "signed_for")
 
     def __init__(self, bucket: str, key: str, run: Run, index: int) -> None:
         self.bucket = bucket
@@ -62,6 +62,7 @@ class Request:
         self.resent = False  # sent again once, free, after a kept-alive connection turned out closed
         self.started = time.monotonic()
         self.sent_as = 0  # the origin's count of requests sent, this one's send included
+        self.signed_for = ""  # the region its last try was signed for
 
 
 class Origin(Generic[ConnectionT]):

@@ -79,6 +79,16 @@ class BucketClients:
                 self._regions[bucket] = region
         return region
 
+    def learn(self, bucket: str, region: str) -> None:
+        """Record where ``bucket`` lives, as S3 said in answer to a request."""
+        with self._lock:
+            self._regions[bucket] = region
+
+    def client_if_known(self, bucket: str) -> S3Client:
+        """The client of ``bucket``'s region if that is known (configured or
+        learnt), else the main client: asks S3 nothing."""
+        return self.client_for(bucket) if bucket in self._regions else self._client
+
     def client_for(self, bucket: str) -> S3Client:
         """The client whose region is ``bucket``'s."""
         region = self.region_of(bucket)
