@@ -238,3 +238,23 @@ def _remove(
         rows["deleted"] += len(gone)
         log.info("events_rows_deleted", bucket=bucket, count=len(gone))
     return refresh
+
+
+PRUNE_BATCH = 10_000  # entries deleted per transaction while pruning
+
+
+def prune_sequencers(conn: psycopg.Connection[Any], *, retention_days: int) -> int:
+    """Delete the sequencer entries applied more than ``retention_days`` ago,
+    in transactions of ``PRUNE_BATCH``; how many went.
+
+    Safe once the retention exceeds how long an event can wait in a queue:
+    an event older than an entry's is older than the retention too, so it
+    can no longer arrive for the entry to make stale."""
+    pruned = 0
+    while True:
+        with db.wrap_errors("prune event sequencers"), conn.transaction():
+            deleted = conn.execute(db.query("events_prune_sequencers"),
+                                   {"days": retention_days, "limit": PRUNE_BATCH}).rowcount
+        pruned += deleted
+        if deleted < PRUNE_BATCH:
+            return pruned

@@ -21,6 +21,10 @@ A stop (SIGTERM through the worker or the CLI, ``stop.set()``) ends every
 loop after its current step: a batch being applied is committed and
 deleted; messages received but not applied yet are handed back at once
 (visibility 0). ``once`` ends each loop when a receive comes back empty.
+
+Once as it starts and then every hour, one receiver prunes the sequencer
+entries older than ``events.sequencer_retention_days``
+(``applying.prune_sequencers``) between two batches.
 """
 
 from __future__ import annotations
@@ -46,6 +50,7 @@ log = structlog.get_logger()
 
 FAILED_IDS_REMEMBERED = 10_000  # message ids already logged as unparseable (each is logged once)
 LAG_SAMPLES = 100_000  # lags kept for the percentiles of a run
+PRUNE_EVERY_SECONDS = 3600.0  # how often a listener prunes old sequencer entries (and once as it starts)
 
 
 @dataclass(frozen=True)
@@ -173,6 +178,8 @@ class Listener:
         # is: the worker passes its metrics' method; the command passes nothing.
         self._observe_event = observe_event
         self._deleter: ThreadPoolExecutor | None = None  # set while running
+        self._next_prune = 0.0  # time.monotonic() of the next pruning
+        self._pruning = threading.Lock()  # held by the receiver pruning; the others go on
 
     def run(self) -> ListenReport:
         """Receive and apply until stopped (or, with ``once``, until the queues are empty)."""
@@ -217,6 +224,7 @@ class Listener:
 
     def _loop(self, q: _Queue, s3: Any, pool: Any, heads: applying.Heads) -> None:
         while not self.stop.is_set():
+            self._prune(pool)
             try:
                 batch = self._receive(q)
             except TrrAssetsError as exc:
@@ -234,6 +242,22 @@ class Listener:
             except Exception as exc:  # a bug: keep the receiver, keep the messages on the queue
                 log.error("listen_batch_crashed", queue=queues.queue_name(q.url), exc_info=True)
                 self.tally.error(_line(exc))
+
+    def _prune(self, pool: Any) -> None:
+        """Prune old sequencer entries when it is time, in one receiver."""
+        if time.monotonic() < self._next_prune or not self._pruning.acquire(blocking=False):
+            return
+        try:
+            self._next_prune = time.monotonic() + PRUNE_EVERY_SECONDS
+            days = self.settings.events.sequencer_retention_days
+            with pool.connection() as conn:
+                pruned = applying.prune_sequencers(conn, retention_days=days)
+            if pruned:
+                log.info("events_sequencers_pruned", count=pruned, retention_days=days)
+        except TrrAssetsError as exc:  # the next hour tries again; applying events goes on
+            log.warning("events_sequencers_prune_failed", error=_line(exc))
+        finally:
+            self._pruning.release()
 
     def _failed_step(self, q: _Queue, exc: TrrAssetsError) -> None:
         log.error("listen_receive_failed", queue=queues.queue_name(q.url), error=_line(exc))

@@ -54,3 +54,16 @@ where id = any(%(ids)s::uuid[])
 -- rows' ids, so an entry queued by anything else stays).
 delete from trr_assets.delete_queue
 where bucket = %(bucket)s and asset_id = any(%(ids)s::uuid[])
+
+-- name: events_prune_sequencers
+-- Up to %(limit)s entries applied more than %(days)s days ago. An entry a
+-- listener holds (claiming a newer event of its key) is skipped: it is being
+-- renewed.
+delete from trr_assets.event_sequencers
+where (bucket, object_key) in (
+  select bucket, object_key
+  from trr_assets.event_sequencers
+  where applied_at < now() - make_interval(days => %(days)s)
+  limit %(limit)s
+  for update skip locked
+)

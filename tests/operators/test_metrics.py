@@ -20,6 +20,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from tests.support.postgres import make_show
 from tests.support.s3 import TEST_BUCKET, make_settings
+from tests.support.waiting import wait_for
 from tests.sync.helpers import put, show_key
 from trr_assets import storage
 from trr_assets.config import Settings
@@ -56,13 +57,6 @@ def _samples(text: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
 
 def _value(samples: dict[Any, float], name: str, **labels: str) -> float | None:
     return samples.get((name, tuple(sorted(labels.items()))))
-
-
-def _wait_for(condition: Callable[[], bool], what: str, timeout: float = 20) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        assert time.monotonic() < deadline, f"gave up waiting for {what}"
-        time.sleep(0.05)
 
 
 @pytest.fixture
@@ -211,7 +205,7 @@ def test_healthz_is_200_while_the_scheduler_runs_and_the_database_answers(
             except OSError:
                 return False
 
-        _wait_for(healthy, "/healthz to answer 200")
+        wait_for(healthy, what="/healthz to answer 200")
         status, body = _get(base + "/healthz")
         assert json.loads(body) == {"status": "ok", "scheduler": "running", "database": "ok", "running": []}
         assert _get(base + "/nope")[0] == 404
@@ -240,7 +234,7 @@ def test_healthz_is_503_when_the_database_does_not_answer(aws_env: None, unused_
                 except OSError:
                     return False
 
-            _wait_for(scheduling, "/healthz to see the scheduler running")
+            wait_for(scheduling, what="/healthz to see the scheduler running")
             status, body = _get(base + "/healthz")
         finally:
             w.request_stop()

@@ -235,6 +235,10 @@ class EventsSettings:
     receivers: int = _setting(4, _between(1, 32))  # receive loops in flight per queue
     batch_messages: int = _setting(100, _between(1, 1000))  # messages applied in one transaction, at most
     visibility_timeout_seconds: int = _setting(0, _between(0, 43200))  # 0: the queue's own
+    # Sequencer entries older than this are pruned: longer than any event can
+    # wait (SQS keeps a message 14 days at most; SNS retries a delivery to SQS
+    # for up to 23 days).
+    sequencer_retention_days: int = _setting(30, _between(15, 3650))
 
 
 @dataclass(frozen=True, kw_only=True)
