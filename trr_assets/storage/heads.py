@@ -16,19 +16,14 @@ Answers are shaped like botocore's ``head_object`` (the keys sync reads:
 ``StorageError`` ``storage.head_object`` raises for it. 500, 502, 503
 (SlowDown), 504 and broken connections are retried up to
 ``s3.max_attempts`` tries in all, after a full-jitter exponential backoff
-(as botocore's standard retry mode). A 503 (SlowDown: S3 asks the client to
-slow down) also halves the HEADs kept in flight to that endpoint, once per
-round of requests, and each answer after it adds back a little (additive
-increase, multiplicative decrease, as TCP does), so a bucket that cannot
-take ``s3.head_connections`` at once is eased off rather than hammered into
-giving up. A kept-alive connection that the server
-closed while idle is replaced without counting a try. An answer that says
-the bucket is in another region (301, 307 or 400 with
-``x-amz-bucket-region``) teaches the client that bucket's region: it is
-asked again, natively, signed for that region with a client made for it (as
-``storage.regions`` makes one; ``s3.bucket_regions`` is known from the
-start). Only a bucket redirected again once signed for the region named is
-left to botocore, whose region redirection follows it.
+(botocore's standard mode). A SlowDown also halves the HEADs in flight to
+that endpoint, once per round, and each answer after it adds back a little
+(additive increase, multiplicative decrease, as TCP). A kept-alive
+connection the server closed while idle is replaced without counting a try.
+A 301, 307 or 400 naming ``x-amz-bucket-region`` teaches the client the
+bucket's region: its requests go again, natively, signed for that region
+with a client made for it (``s3.bucket_regions`` is known from the start);
+one redirected again although signed for the region named goes to botocore.
 """
 
 from __future__ import annotations
@@ -39,6 +34,7 @@ import ssl
 import threading
 import time
 import urllib.request
+from collections import deque
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any
@@ -377,7 +373,7 @@ class HeadClient:
                 # A kept-alive connection the server closed as the request
                 # went out (S3 closes idle ones): once, not counted as a try.
                 request.resent = True
-                origin.waiting.appendleft(request)
+                self._requeue(request)
             else:
                 reason = f"{type(exc).__name__}: {exc}".rstrip(": ") if exc else "closed by the server"
                 self._retry(request, f"connection lost ({reason})")
@@ -392,16 +388,24 @@ class HeadClient:
         if request.signed_for == region:
             self._by_botocore(request)
             return
+        old = None
         if self._signer.endpoint(bucket).region != region:
             log.info("s3_bucket_region_learnt", bucket=bucket, region=region)
             self._regions.learn(bucket, region)
             self._signer.forget(bucket)
-            self._origin_of_bucket.pop(bucket, None)
+            old = self._origin_of_bucket.pop(bucket, None)
         try:
             origin = self._origin(bucket)  # a client for the region, made once, on this thread
         except StorageError as exc:
             request.run.fail(exc)
             return
+        if old is not None and old is not origin:
+            # The region's endpoint is another host (virtual-hosted style on
+            # AWS): the bucket's queued requests follow it there, or they
+            # would go to the old host signed for the new one.
+            moving = [r for r in old.waiting if r.bucket == bucket]
+            old.waiting = deque(r for r in old.waiting if r.bucket != bucket)
+            origin.waiting.extend(moving)
         origin.waiting.appendleft(request)
         self._pump(origin)
 
@@ -432,10 +436,15 @@ class HeadClient:
             return
         delay = random.uniform(0, min(self._backoff_max, self._backoff_base * 2 ** (request.tries - 1)))
         log.debug("s3_head_retry", bucket=request.bucket, tries=request.tries, reason=reason, delay_seconds=delay)
-        origin = self._origin_of_bucket[request.bucket]
+        self._loop.call_later(delay, self._requeue, request)
 
-        def again() -> None:
-            origin.waiting.appendleft(request)
-            self._pump(origin)
-
-        self._loop.call_later(delay, again)
+    def _requeue(self, request: inflight.Request) -> None:
+        """Put ``request`` first in line at its bucket's endpoint (as it is now: a
+        bucket may have moved region since the request was queued)."""
+        try:
+            origin = self._origin(request.bucket)
+        except StorageError as exc:  # the endpoint of a region just learnt could not be made
+            request.run.fail(exc)
+            return
+        origin.waiting.appendleft(request)
+        self._pump(origin)
