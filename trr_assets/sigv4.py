@@ -13,8 +13,7 @@ from boto3 (``storage.make_client``), so profiles, roles and refreshing
 credentials keep working. tests/presign/test_presign_sigv4.py (URLs) and
 tests/presign/test_sigv4.py (headers) hold the signers to botocore's bytes.
 
-Importing this module is cheap: it imports no botocore (the client passed in
-is botocore's; error wording, ``storage.wrapping``, is loaded on first use).
+Importing it loads no botocore (``storage.wrapping`` is loaded on first use).
 """
 
 from __future__ import annotations
@@ -286,10 +285,8 @@ class QuerySigner(_Signer):
         the signing time in whole seconds since the epoch. A PUT may bind a
         content type and length: they become signed headers, and S3 refuses a
         request whose headers differ."""
-        # _presign's steps written out, and canonical_request's in
-        # _presigned_request: those three calls cost url_for_key 5 % (bench
-        # row presign, same machine: 263,300 URLs/s with them, 279,600 before
-        # signing was shared with HeaderSigner; even again without them).
+        # _presign's steps written out (and canonical_request's below): the three
+        # calls cost url_for_key 5 % (presign row: 263,300 URLs/s, 279,600 without).
         endpoint, amz_date, signing = self._prepare(bucket, signed_at)
         encoded_key = quote(key, safe=_KEY_SAFE)
         query, canonical = _presigned_request(
@@ -300,15 +297,8 @@ class QuerySigner(_Signer):
     def canonical_request(self, method: str, bucket: str, key: str, **options: Any) -> str:
         """The SigV4 canonical request ``sign`` signs for the same arguments
         (for inspection and tests)."""
-        return self._presign(
-            method,
-            bucket,
-            key,
-            options["expires"],
-            options["signed_at"],
-            options.get("content_type"),
-            options.get("content_length"),
-        )[1]
+        return self._presign(method, bucket, key, options["expires"], options["signed_at"],
+                             options.get("content_type"), options.get("content_length"))[1]
 
     def _presign(
         self,
@@ -364,7 +354,7 @@ def _presigned_request(
     else:
         query = f"{head}&{signed_param}&X-Amz-Security-Token={signing.query_token}"
         canonical_query = f"{head}&X-Amz-Security-Token={signing.query_token}&{signed_param}"
-    # canonical_request's f-string, written out: a call fewer per presigned URL.
+    # canonical_request's f-string written out: see QuerySigner.sign.
     canonical = (f"{method}\n{endpoint.path}{encoded_key}\n{canonical_query}\n"
                  f"{headers}\n{signed_headers}\n{UNSIGNED_PAYLOAD}")
     return query, canonical
