@@ -201,7 +201,8 @@ def _create(
         counts += writer.upsert_objects(conn, s3, bucket, by_head, settings=settings, head_pool=heads.pool,
                                         head_client=heads.native)
     if by_event:
-        counts += writer.upsert_objects(conn, s3, bucket, by_event, settings=settings, from_listing=True)
+        counts += writer.upsert_objects(conn, s3, bucket, by_event, settings=settings, head_pool=heads.pool,
+                                        from_listing=True)
         metadata.mark_pending(conn, bucket, [obj.key for obj in by_event])
     for name in ("inserted", "updated", "unchanged", "pending_deletes", "vanished"):
         rows[name] += getattr(counts, name)

@@ -61,7 +61,8 @@ class BucketClients:
     def __init__(self, settings: S3Settings, client: S3Client) -> None:
         self._settings = settings
         self._client = client
-        self._default_region = storage.configured_region(settings)
+        # The client's own region (free to read; configured_region may read the AWS config files).
+        self._default_region = client.meta.region_name or storage.configured_region(settings)
         self._regions: dict[str, str] = dict(settings.bucket_regions)
         self._clients: dict[str, S3Client] = {self._default_region: client}
         self._lock = threading.Lock()
